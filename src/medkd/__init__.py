@@ -1,0 +1,2 @@
+"""medkd: reproducible knowledge distillation for medical imaging."""
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from medkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""The teacher cache: a teacher's outputs and uncertainty maps on every slice students train or validate on.
+
+Computed once per (teacher, seed) and shared by every student variant that reads ``cache:<key>`` taps.
+File ``results/<exp>/cache/<teacher>/seed<k>.h5``:
+
+* root attrs: ``teacher``, ``experiment``, ``seed``, ``spec_hash`` (of the teacher), ``task``,
+  ``keys`` (JSON list), ``confidence_temperature``;
+* group ``cases/<case_id>`` per case of the train and val splits (and their subsets), datasets:
+
+  - ``logits`` float32 (S, C, H, W): the teacher's main output (segmentation logits; for reconstruction the
+    predicted image (S, 1, H, W), stored under ``output``);
+  - ``entropy`` float32 (S, H, W): normalised predictive entropy in [0, 1]
+    (:func:`medkd.uncertainty.predictive_entropy`);
+  - ``confidence`` float32 (S, H, W): max softmax probability at the configured temperature, in
+    [1/C, 1] (:func:`medkd.uncertainty.temperature_confidence`).
+
+Slices are in the slice store's order for each case, so a student maps (case, slice) to cached maps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import torch
+from tqdm import tqdm
+
+from medkd import uncertainty
+from medkd.io import atomic_path
+from medkd.train import TrainInputs, forward_model, load_split_data, load_trained, resolve_device, to_device
+
+
+CACHED_SPLITS = ("train", "val")  # students train on train (or a subset of it) and validate on val
+
+
+@torch.no_grad()
+def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Path, out_path: str | Path,
+                batch_size: int = 16, device: str = "auto", threads: int = 1) -> dict:
+    """Run the best teacher checkpoint over the train and val cases and write the cache file.
+
+    Returns a small summary (cases, slices, keys).
+    """
+    torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    model, spec = load_trained(teacher_dir, dev)
+    ccfg = spec.get("cache", {})
+    keys_unc = list(ccfg.get("uncertainty", ["entropy", "confidence"]))
+    temp = float(ccfg.get("confidence_temperature", 1.0))
+    seg = spec["task"] == "segmentation"
+    main_key = "logits" if seg else "output"
+    n_slices = 0
+    inputs = TrainInputs(store=Path(store), split=Path(split_path))
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
+        cases_done = []
+        for split_name in CACHED_SPLITS:
+            data = load_split_data(spec, inputs, split_name)
+            runs = data.case_slices()
+            for cid in tqdm(sorted(runs), desc=f"cache {spec['model']} {split_name}", unit="case", disable=None):
+                idx = torch.as_tensor(runs[cid])
+                outs = []
+                for start in range(0, len(idx), batch_size):
+                    batch = to_device(data.batch(idx[start : start + batch_size]), dev)
+                    out = forward_model(model, batch)
+                    outs.append((out["out"] if isinstance(out, dict) else out).float().cpu())
+                logits = torch.cat(outs)
+                grp = fh.create_group(f"cases/{cid}")
+                grp.create_dataset(main_key, data=logits.numpy(), compression="gzip", compression_opts=1)
+                if seg:
+                    if "entropy" in keys_unc:
+                        grp.create_dataset("entropy", data=uncertainty.predictive_entropy(logits).numpy())
+                    if "confidence" in keys_unc:
+                        grp.create_dataset("confidence", data=uncertainty.temperature_confidence(logits, temp).numpy())
+                n_slices += logits.shape[0]
+                cases_done.append(cid)
+        keys = [main_key] + (keys_unc if seg else [])
+        fh.attrs.update({
+            "teacher": spec["model"], "experiment": spec["experiment"], "task": spec["task"],
+            "spec_hash": json.loads((Path(teacher_dir) / "summary.json").read_text())["spec_hash"],
+            "keys": json.dumps(keys), "confidence_temperature": temp,
+        })
+    return {"cases": len(cases_done), "slices": n_slices, "keys": keys}

@@ -1,0 +1,260 @@
+"""``medkd <step>``: one subcommand per pipeline stage (and per Snakemake rule), with explicit paths.
+
+Every step can be run by hand, e.g.::
+
+    medkd spec --config config/config.yaml --experiment seg_hinton --model student_kd > spec.json
+    medkd train --spec-file spec.json --seed 0 --store results/slices/embedded.h5 \
+        --split results/splits/seg_hinton.json --cache teacher=results/seg_hinton/cache/teacher/seed0.h5 \
+        --out results/seg_hinton/models/student_kd/seed0
+
+Configuration reaches a step as JSON (the dataset entry, the experiment entry, or a model's resolved
+spec), exactly as Snakemake passes it; ``medkd spec`` prints any of them from a config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def _load_spec(args) -> dict:
+    if args.spec_file:
+        return json.loads(Path(args.spec_file).read_text())
+    return json.loads(args.spec)
+
+
+def _pairs(values: list[str] | None) -> dict[str, Path]:
+    out = {}
+    for v in values or []:
+        name, _, path = v.partition("=")
+        if not path:
+            raise SystemExit(f"expected NAME=PATH, got {v!r}")
+        out[name] = Path(path)
+    return out
+
+
+def cmd_fetch(args) -> None:
+    ds = json.loads(args.dataset_spec)
+    if ds["kind"] == "embedded":
+        from medkd.data.embedded import generate_embedded
+
+        g = ds.get("generator", {})
+        generate_embedded(args.out, n_cases=g.get("n_cases", 10), seed=g.get("seed", 1234),
+                          resolution_mm=g.get("resolution_mm", 2.0), lesion=g.get("lesion", True))
+    else:
+        from medkd.data.sources import fetch_dataset, load_datasets_yaml
+
+        specs = load_datasets_yaml(args.datasets_yaml)
+        source = ds.get("source", args.dataset)
+        if source not in specs:
+            raise SystemExit(f"dataset {args.dataset!r}: source {source!r} is not in {args.datasets_yaml}")
+        fetch_dataset(source, specs[source], Path(args.out).parent)
+
+
+def cmd_convert(args) -> None:
+    from medkd.data.convert import convert_msd
+    from medkd.data.store import SliceStore
+    from medkd.io import write_json
+    from medkd.provenance import file_md5
+
+    c = json.loads(args.convert_spec)
+    convert_msd(args.src, args.out, size=tuple(c["size"]), normalise=c["normalise"], channels=c.get("channels"),
+                axis=c["axis"], min_foreground=c["min_foreground"], window=c.get("window"), dataset=args.dataset)
+    with SliceStore(args.out) as store:
+        n_slices = sum(store.n_slices(cid) for cid in store.case_ids)
+        fingerprint = {"dataset": args.dataset, "md5": file_md5(args.out), "cases": store.case_ids,
+                       "n_cases": len(store.case_ids), "n_slices": n_slices, "convert": c,
+                       "channel_names": store.attrs.get("channel_names"), "label_names": store.attrs.get("label_names")}
+    write_json(args.fingerprint, fingerprint)
+
+
+def cmd_split(args) -> None:
+    from medkd.data.splits import make_split, write_split
+    from medkd.io import read_json
+
+    s = json.loads(args.split_spec)
+    cases = read_json(args.fingerprint)["cases"]
+    split = make_split(cases, s["seed"], fractions=s["fractions"], subsets=s.get("subsets"), fixed=s.get("fixed"))
+    write_split(split, args.out)
+
+
+def cmd_spec(args) -> None:
+    from medkd.config import load_config, model_spec
+
+    cfg = load_config(args.config)
+    if args.model:
+        out = model_spec(cfg, args.experiment, args.model)
+    elif args.experiment:
+        out = cfg["experiments"][args.experiment]
+    elif args.dataset:
+        out = cfg["datasets"][args.dataset]
+    else:
+        out = cfg
+    print(json.dumps(out, indent=2, sort_keys=True))
+
+
+def cmd_train(args) -> None:
+    from medkd.io import read_json
+    from medkd.train import TrainInputs, train
+
+    spec = _load_spec(args)
+    inputs = TrainInputs(
+        store=Path(args.store), split=Path(args.split), teacher_dirs=_pairs(args.teacher_dir),
+        caches=_pairs(args.cache), init_dir=Path(args.init_dir) if args.init_dir else None,
+        data_hash=read_json(args.fingerprint)["md5"] if args.fingerprint else None,
+    )
+    summary = train(spec, args.seed, inputs, args.out)
+    logging.getLogger("medkd").info("best %s %.4f at epoch %s", summary["select_metric"], summary["best_score"],
+                                    summary["best_epoch"])
+
+
+def cmd_cache(args) -> None:
+    from medkd.cache import build_cache
+
+    print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, device=args.device,
+                                 threads=args.threads)))
+
+
+def cmd_infer(args) -> None:
+    from medkd.infer import predict
+
+    print(json.dumps(predict(args.model_dir, args.store, args.split, args.out, split_name=args.split_name,
+                             device=args.device, threads=args.threads)))
+
+
+def cmd_evaluate(args) -> None:
+    from medkd.evaluate import evaluate
+
+    n = evaluate(args.predictions, args.model_dir, args.store, args.split, args.out, conventions=args.conventions)
+    print(f"{n} rows -> {args.out}")
+
+
+def cmd_tables(args) -> None:
+    from medkd.report import write_experiment_outputs
+
+    exp = json.loads(args.experiment_spec)
+    write_experiment_outputs(args.experiment, exp, args.metrics, args.model_dirs,
+                             {"csv": args.csv, "md": args.md, "tex": args.tex, "png": args.png, "curves": args.curves})
+
+
+def cmd_track(args) -> None:
+    from medkd.tracking import sync_runs
+
+    runs = []
+    for md, mc in zip(args.model_dirs, args.metrics):
+        parts = Path(md).parts  # results/<exp>/models/<model>/seed<k>
+        exp, model, seed = parts[-4], parts[-2], parts[-1]
+        runs.append({"key": f"{exp}/{model}/{seed}", "experiment": exp, "model_dir": md, "metrics_csv": mc,
+                     "table_md": str(Path(args.tables_dir) / f"{exp}.md")})
+    ids = sync_runs(runs, args.tracking_uri, args.prefix, args.artifact_root, args.out)
+    print(f"{len(ids)} runs mirrored in {args.tracking_uri}")
+
+
+def cmd_collect(args) -> None:
+    from medkd.report import collect
+
+    df = collect(args.tables, args.runs, args.out)
+    print(f"{len(df)} rows -> {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medkd", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    def add_spec(sp):
+        g = sp.add_mutually_exclusive_group(required=True)
+        g.add_argument("--spec", help="resolved model spec as JSON")
+        g.add_argument("--spec-file", help="file holding the resolved model spec")
+
+    sp = add("fetch", cmd_fetch, "generate, download or verify a dataset under data/<dataset>")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--dataset-spec", required=True, help="the dataset's config entry as JSON")
+    sp.add_argument("--out", required=True, help="data/<dataset>")
+    sp.add_argument("--datasets-yaml", default="config/datasets.yaml")
+
+    sp = add("convert", cmd_convert, "NIfTI (MSD layout) -> slice store HDF5 + fingerprint JSON")
+    for a in ("--dataset", "--convert-spec", "--src", "--out", "--fingerprint"):
+        sp.add_argument(a, required=True)
+
+    sp = add("split", cmd_split, "seeded case-level split JSON of an experiment")
+    for a in ("--split-spec", "--fingerprint", "--out"):
+        sp.add_argument(a, required=True)
+
+    sp = add("spec", cmd_spec, "print the validated config, or one dataset, experiment or model spec, as JSON")
+    sp.add_argument("--config", required=True)
+    for a in ("--experiment", "--model", "--dataset"):
+        sp.add_argument(a)
+
+    sp = add("train", cmd_train, "train one model (teacher or student) for one seed; resumes if interrupted")
+    add_spec(sp)
+    sp.add_argument("--seed", type=int, required=True)
+    for a in ("--store", "--split", "--out"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--fingerprint", help="dataset fingerprint JSON (its md5 is recorded as the data hash)")
+    sp.add_argument("--teacher-dir", action="append", metavar="NAME=DIR", help="online teacher model dir")
+    sp.add_argument("--cache", action="append", metavar="NAME=FILE", help="teacher cache file")
+    sp.add_argument("--init-dir", help="model dir whose model.pt initialises this model")
+
+    for name, func, help_ in (("cache", cmd_cache, "teacher logits and uncertainty maps on train+val"),
+                              ("infer", cmd_infer, "predict the test split")):
+        sp = add(name, func, help_)
+        sp.add_argument("--teacher-dir" if name == "cache" else "--model-dir", required=True)
+        for a in ("--store", "--split", "--out"):
+            sp.add_argument(a, required=True)
+        sp.add_argument("--device", default="auto")
+        sp.add_argument("--threads", type=int, default=1)
+        if name == "infer":
+            sp.add_argument("--split-name", default="test")
+
+    sp = add("evaluate", cmd_evaluate, "per-case metrics CSV of a predictions file")
+    for a in ("--predictions", "--model-dir", "--store", "--split", "--out"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--conventions", nargs="+", default=["engine"])
+
+    sp = add("tables", cmd_tables, "tables and figures of one experiment")
+    sp.add_argument("--experiment", required=True)
+    sp.add_argument("--experiment-spec", required=True, help="the experiment's config entry as JSON")
+    for a in ("--csv", "--md", "--tex", "--png", "--curves"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--metrics", nargs="+", required=True)
+    sp.add_argument("--model-dirs", nargs="+", required=True)
+
+    sp = add("track", cmd_track, "mirror every run into MLflow (single writer)")
+    for a in ("--out", "--tables-dir", "--artifact-root", "--tracking-uri", "--prefix"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--model-dirs", nargs="+", required=True)
+    sp.add_argument("--metrics", nargs="+", required=True)
+
+    sp = add("collect", cmd_collect, "all experiments' tables -> results/tables/all.csv")
+    sp.add_argument("--tables", nargs="+", required=True)
+    sp.add_argument("--runs", required=True)
+    sp.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        logging.getLogger("medkd").error("%s failed: %s", args.command, exc)
+        return 2
+    logging.getLogger("medkd").info("%s done in %.1f s", args.command, time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

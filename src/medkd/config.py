@@ -1,0 +1,240 @@
+"""Load, validate, resolve and hash medkd configs.
+
+A config (``config/config.yaml`` for the embedded default, ``config/paper.yaml`` for paper scale) names
+datasets and experiments; an experiment names its models (teachers and students), each with an
+architecture, a training recipe and a weighted list of loss terms. The JSON schema in
+``workflow/schemas/config.schema.yaml`` is the single definition of every key: this module and
+Snakemake's ``validate`` both use it. Every object in it is closed, so a misspelt key is an error that
+names the key and where it is.
+
+Resolution turns one (experiment, model) into a *spec*: the flat, self-contained JSON document a train,
+cache or infer job needs. Snakemake passes the spec as a job parameter, so changing one model's
+hyper-parameters changes only that model's spec and re-runs only that model's chain. The spec's hash
+(:func:`spec_hash`) names the checkpoint a resumed job may continue from.
+
+This module imports neither torch nor Snakemake: the Snakefile imports it too.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that does not follow the schema or refers to something that does not exist."""
+
+
+def _with_defaults(validator_class):
+    """A validator class that also fills ``default`` values of ``properties`` (jsonschema FAQ recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _merge_includes(cfg: dict, root: Path, seen: tuple = ()) -> dict:
+    """Merge the ``datasets`` and ``experiments`` of every ``include`` file under ``cfg`` (cfg wins)."""
+    merged = {"datasets": {}, "experiments": {}}
+    for rel in cfg.get("include", []):
+        path = (root / rel).resolve()
+        if path in seen:
+            raise ConfigError(f"include cycle through {path}")
+        sub = _merge_includes(_read_yaml(path), root, seen + (path,))
+        extra = set(sub) - {"datasets", "experiments", "include"}
+        if extra:
+            raise ConfigError(f"{rel}: an included file may only hold datasets and experiments, found {sorted(extra)}")
+        merged["datasets"].update(sub.get("datasets", {}))
+        merged["experiments"].update(sub.get("experiments", {}))
+    out = copy.deepcopy(cfg)
+    out["datasets"] = {**merged["datasets"], **cfg.get("datasets", {})}
+    out["experiments"] = {**merged["experiments"], **cfg.get("experiments", {})}
+    return out
+
+
+def _format_error(err: jsonschema.ValidationError, source: str) -> str:
+    where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+    return f"{source}: invalid config at '{where}': {err.message}"
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Validate ``cfg`` against the schema, fill defaults (in a copy) and check cross-references.
+
+    Raises:
+        ConfigError: naming the offending key path, for the first schema error (the best match) or a
+            broken reference (unknown dataset, teacher, split subset, init model).
+    """
+    cfg = copy.deepcopy(cfg)
+    validator = _Validator(load_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(_format_error(jsonschema.exceptions.best_match(errors), source))
+    _check_references(cfg, source)
+    return cfg
+
+
+def _check_references(cfg: dict, source: str) -> None:
+    for exp_name, exp in cfg["experiments"].items():
+        where = f"{source}: experiments/{exp_name}"
+        if exp["dataset"] not in cfg["datasets"]:
+            raise ConfigError(f"{where}/dataset: unknown dataset {exp['dataset']!r}")
+        if exp["task"] == "segmentation" and len(exp.get("classes", {})) < 2:
+            raise ConfigError(f"{where}/classes: a segmentation experiment needs at least two classes")
+        split_names = {"train", "val", "test"} | set(exp["split"].get("subsets", {}))
+        for sub_name, sub in exp["split"].get("subsets", {}).items():
+            if sub["of"] not in {"train", "val", "test"}:
+                raise ConfigError(f"{where}/split/subsets/{sub_name}/of: must be train, val or test")
+        models = exp["models"]
+        for model_name, model in models.items():
+            mwhere = f"{where}/models/{model_name}"
+            for teacher in model["teachers"]:
+                if teacher not in models:
+                    raise ConfigError(f"{mwhere}/teachers: unknown model {teacher!r}")
+                if models[teacher]["role"] != "teacher":
+                    raise ConfigError(f"{mwhere}/teachers: {teacher!r} has role {models[teacher]['role']!r}, not teacher")
+            if model["role"] == "teacher" and model["teachers"]:
+                raise ConfigError(f"{mwhere}/teachers: a teacher cannot have teachers")
+            init = model.get("init_from")
+            if init is not None and (init not in models or init == model_name):
+                raise ConfigError(f"{mwhere}/init_from: unknown model {init!r}")
+            for key in ("subset", "val_split"):
+                if model["train"][key] not in split_names:
+                    raise ConfigError(f"{mwhere}/train/{key}: unknown split or subset {model['train'][key]!r}")
+            if "losses" not in model:
+                raise ConfigError(f"{mwhere}/losses: required")
+            for i, term in enumerate(model["losses"]):
+                for teacher in _as_list(term.get("teacher")):
+                    if teacher not in model["teachers"]:
+                        raise ConfigError(
+                            f"{mwhere}/losses/{i}/teacher: {teacher!r} is not among this model's teachers {model['teachers']}"
+                        )
+        _check_init_cycles(models, where)
+
+
+def _check_init_cycles(models: dict, where: str) -> None:
+    for start in models:
+        seen, cur = [start], models[start].get("init_from")
+        while cur is not None:
+            if cur in seen:
+                raise ConfigError(f"{where}: init_from cycle {' -> '.join(seen + [cur])}")
+            seen.append(cur)
+            cur = models[cur].get("init_from")
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def load_config(source: str | Path | dict, root: Path = REPO_ROOT) -> dict:
+    """Read (if a path), merge includes, validate and fill defaults.
+
+    Args:
+        source: a YAML path or an already-loaded mapping (e.g. Snakemake's ``config``).
+        root: directory that ``include`` paths are relative to.
+    """
+    if isinstance(source, dict):
+        raw, name = source, "config"
+    else:
+        raw, name = _read_yaml(Path(source)), str(source)
+    return validate(_merge_includes(raw, Path(root)), name)
+
+
+# --------------------------------------------------------------------------------------------- queries
+
+
+def experiment_seeds(cfg: dict, exp: str) -> list[int]:
+    """Seeds of ``exp``: its own list, or the config's default list."""
+    return list(cfg["experiments"][exp].get("seeds") or cfg["seeds"])
+
+
+def teacher_taps(model: dict) -> dict[str, set[str]]:
+    """teacher name -> the taps the model's loss terms read from it (``cache:*`` or module paths)."""
+    taps: dict[str, set[str]] = {}
+    for term in model["losses"]:
+        for teacher in _as_list(term.get("teacher")):
+            taps.setdefault(teacher, set()).update(_as_list(term["teacher_tap"]))
+    return taps
+
+
+def cached_teachers(model: dict) -> list[str]:
+    """Teachers whose cached outputs (``cache:*`` taps) a model reads."""
+    return sorted(t for t, taps in teacher_taps(model).items() if any(x.startswith("cache:") for x in taps))
+
+
+def online_teachers(model: dict) -> list[str]:
+    """Teachers that must be run during training (their taps are module paths or outputs)."""
+    return sorted(t for t, taps in teacher_taps(model).items() if any(not x.startswith("cache:") for x in taps))
+
+
+def model_spec(cfg: dict, exp: str, model: str) -> dict:
+    """The self-contained spec of one model of one experiment (everything a job needs but paths)."""
+    e = cfg["experiments"][exp]
+    m = copy.deepcopy(e["models"][model])
+    return {
+        "experiment": exp,
+        "model": model,
+        "dataset": e["dataset"],
+        "task": e["task"],
+        "channels": list(e["channels"]),
+        "classes": copy.deepcopy(e.get("classes", {})),
+        "device": cfg["device"],
+        "threads": cfg["threads"],
+        **m,
+    }
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(spec: dict) -> str:
+    """First 12 hex digits of the SHA-256 of the spec's canonical JSON."""
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:12]
+
+
+def config_hash(cfg: dict) -> str:
+    return spec_hash(cfg)
+
+
+def iter_models(cfg: dict) -> Iterable[tuple[str, str, dict]]:
+    for exp_name, exp in cfg["experiments"].items():
+        for model_name, model in exp["models"].items():
+            yield exp_name, model_name, model

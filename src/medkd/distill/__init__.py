@@ -1,0 +1,42 @@
+"""Loss registry: task losses and distillation terms share one interface.
+
+A training objective is a weighted sum of terms declared in config (torchdistill's idea, without code in
+YAML)::
+
+    losses:
+      - {loss: cross_entropy, weight: 1.0}
+      - {loss: kl_div, weight: 0.9, kwargs: {temperature: 4},
+         student_tap: out, teacher: teacher, teacher_tap: "cache:logits"}
+
+Every registered loss is an ``nn.Module`` subclass of :class:`LossTerm` whose ``forward(student,
+teacher, batch, epoch)`` returns a scalar tensor:
+
+* ``student``: the student's tap (a tensor, or a list of tensors when ``student_tap`` is a list).
+* ``teacher``: the teacher's tap (same shapes rule) or ``None`` for task losses.
+* ``batch``: the batch dict (``image``, ``target`` and, for reconstruction, ``kspace``/``mask``).
+* ``epoch``: 0-based epoch index (for paced curricula).
+
+Losses with parameters (adapters) are optimised together with the student.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from medkd.registry import Registry
+
+LOSSES = Registry("loss", __name__)
+
+
+class LossTerm(nn.Module):
+    """Base class of every registered loss. ``needs_teacher`` says whether a teacher tap is required."""
+
+    needs_teacher: bool = False
+
+    def forward(self, student, teacher, batch, epoch: int):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def build_loss(name: str, **kwargs) -> LossTerm:
+    """Instantiate the registered loss ``name`` with its config ``kwargs``."""
+    return LOSSES.get(name)(**kwargs)

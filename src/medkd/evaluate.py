@@ -1,0 +1,90 @@
+"""The evaluate stage: compare test predictions with the references, per case, and write a CSV.
+
+Segmentation slices are re-stacked into volumes (slice-store order) and scored per case with
+:func:`medkd.metrics.segmentation_case_metrics` (Dice, IoU, precision, recall, HD95 in mm, with the
+empty-mask policy documented there), using the stored slice spacing (slice thickness, row, column).
+Paper conventions requested by the experiment are added as extra rows, labelled in ``convention``:
+
+* ``mtms_pooled``: TP/FP/FN pooled over every test pixel (MTMS thesis), case ``ALL``;
+* ``pcd_per_image``: P-CD's per-image Dice/IoU (smoothing 1e-4, empty union = 1) averaged over slices
+  of each case.
+
+Every file also gets a ``cost`` row: the inference latency per slice measured by the infer stage.
+
+Reconstruction volumes are scored with PSNR, SSIM and NMSE per volume
+(:func:`medkd.metrics.reconstruction_case_metrics`; data_range = the volume's maximum).
+
+CSV columns: experiment, model, seed, case, class, metric, convention, value.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from medkd import metrics
+from medkd.io import atomic_path, read_json
+from medkd.train import TrainInputs, load_split_data
+
+COLUMNS = ["experiment", "model", "seed", "case", "class", "metric", "convention", "value"]
+
+
+def _predictions(path: str | Path) -> tuple[dict, dict]:
+    with h5py.File(path, "r") as fh:
+        attrs = dict(fh.attrs)
+        preds = {cid: fh[f"cases/{cid}/pred"][()] for cid in fh["cases"]}
+    return attrs, preds
+
+
+def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, split_path: str | Path,
+             out_csv: str | Path, conventions: list[str] = ("engine",)) -> int:
+    """Score ``predictions`` against the references; returns the number of rows written."""
+    attrs, preds = _predictions(predictions)
+    spec = read_json(Path(model_dir) / "config.json")["spec"]
+    seed = read_json(Path(model_dir) / "config.json")["seed"]
+    data = load_split_data(spec, TrainInputs(store=Path(store), split=Path(split_path)), attrs["split"])
+    runs = data.case_slices()
+    if sorted(runs) != sorted(preds):
+        raise ValueError(f"{predictions}: cases {sorted(preds)} do not match the {attrs['split']} split {sorted(runs)}")
+    base = {"experiment": spec["experiment"], "model": spec["model"], "seed": seed}
+    rows: list[dict] = []
+    if spec["task"] == "segmentation":
+        classes = {name: i for i, name in enumerate(spec["classes"]) if i > 0}
+        pooled_pairs = []
+        for cid in sorted(runs):
+            ref = data.tensors["target"][runs[cid]].numpy()
+            pred = preds[cid].astype(np.int64)
+            if pred.shape != ref.shape:
+                raise ValueError(f"{predictions}: case {cid} prediction {pred.shape} vs reference {ref.shape}")
+            row_mm, col_mm, slice_mm = data.spacing[cid]
+            for r in metrics.segmentation_case_metrics(pred, ref, classes, (slice_mm, row_mm, col_mm)):
+                rows.append({**base, "case": cid, "convention": "engine", **r})
+            if "pcd_per_image" in conventions:
+                for name, c in classes.items():
+                    per = [metrics.per_image_binary_metrics(p == c, g == c) for p, g in zip(pred, ref)]
+                    for m in ("dice", "iou"):
+                        rows.append({**base, "case": cid, "class": name, "metric": m,
+                                     "convention": "pcd_per_image", "value": float(np.mean([x[m] for x in per]))})
+            pooled_pairs.append((pred, ref))
+        if "mtms_pooled" in conventions:
+            for name, c in classes.items():
+                pooled = metrics.pooled_binary_metrics((p == c, g == c) for p, g in pooled_pairs)
+                for m in ("dice", "iou", "precision", "recall"):
+                    rows.append({**base, "case": "ALL", "class": name, "metric": m,
+                                 "convention": "mtms_pooled", "value": pooled[m]})
+    else:
+        for cid in sorted(runs):
+            gt = data.tensors["target"][runs[cid]][:, 0].numpy()
+            for r in metrics.reconstruction_case_metrics(gt, preds[cid].astype(np.float64)):
+                rows.append({**base, "case": cid, "class": "image", "convention": "engine", **r})
+    rows.append({**base, "case": "ALL", "class": "-", "metric": "latency_ms_per_slice", "convention": "cost",
+                 "value": float(attrs["latency_ms_per_slice"])})
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in COLUMNS})
+    return len(rows)

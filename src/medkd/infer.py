@@ -1,0 +1,82 @@
+"""Inference on the test split: predictions per case, re-stackable into volumes.
+
+File ``results/<exp>/predictions/<model>/seed<k>.h5``:
+
+* root attrs: ``experiment``, ``model``, ``seed``, ``task``, ``split``, ``latency_ms_per_slice`` (mean
+  wall time of a forward pass per slice, batch 1, after warm-up, on ``device``), ``device``, ``params``;
+* group ``cases/<case_id>``: ``pred`` (S, H, W): uint8 class indices (segmentation: argmax over classes,
+  or logit > 0 for one-logit binary models) or float32 images (reconstruction), in slice-store order;
+  for one-logit binary models also ``logit`` float32 (S, H, W), which paper conventions with other
+  thresholds need (MTMS thresholds raw logits at 0.5).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medkd.io import atomic_path
+from medkd.models import count_parameters
+from medkd.train import TrainInputs, forward_model, load_split_data, load_trained, resolve_device, to_device
+
+
+def to_labels(output: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) logits -> (B, H, W) class indices; one channel -> logit > 0 (p > 0.5)."""
+    if output.shape[1] == 1:
+        return (output[:, 0] > 0).to(torch.uint8)
+    return output.argmax(1).to(torch.uint8)
+
+
+@torch.no_grad()
+def measure_latency(model, batch: dict, repeats: int = 5) -> float:
+    """Mean milliseconds per single-slice forward pass (after one warm-up pass)."""
+    one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in batch.items()}
+    forward_model(model, one)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        forward_model(model, one)
+    return (time.perf_counter() - t0) / repeats * 1000.0
+
+
+@torch.no_grad()
+def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, out_path: str | Path,
+            split_name: str = "test", batch_size: int = 16, device: str = "auto", threads: int = 1) -> dict:
+    """Predict every slice of ``split_name``'s cases with the best checkpoint and write ``out_path``."""
+    torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    model, spec = load_trained(model_dir, dev)
+    data = load_split_data(spec, TrainInputs(store=Path(store), split=Path(split_path)), split_name)
+    seg = spec["task"] == "segmentation"
+    runs = data.case_slices()
+    latency = None
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
+        for cid in tqdm(sorted(runs), desc=f"infer {spec['model']}", unit="case", disable=None):
+            idx = torch.as_tensor(runs[cid])
+            preds, logits = [], []
+            for start in range(0, len(idx), batch_size):
+                batch = to_device(data.batch(idx[start : start + batch_size]), dev)
+                if latency is None:
+                    latency = measure_latency(model, batch)
+                out = forward_model(model, batch)
+                out = (out["out"] if isinstance(out, dict) else out).float().cpu()
+                if seg:
+                    preds.append(to_labels(out))
+                    if out.shape[1] == 1:
+                        logits.append(out[:, 0])
+                else:
+                    preds.append(out[:, 0])
+            grp = fh.create_group(f"cases/{cid}")
+            grp.create_dataset("pred", data=torch.cat(preds).numpy(), compression="gzip", compression_opts=1)
+            if logits:
+                grp.create_dataset("logit", data=torch.cat(logits).numpy().astype(np.float32))
+        fh.attrs.update({
+            "experiment": spec["experiment"], "model": spec["model"], "task": spec["task"],
+            "split": split_name, "latency_ms_per_slice": float(latency or 0.0), "device": str(dev),
+            "params": count_parameters(model),
+        })
+    return {"cases": len(runs), "slices": len(data), "latency_ms_per_slice": latency}

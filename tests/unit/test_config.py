@@ -1,0 +1,95 @@
+"""Config validation: schema errors name the key; references are checked; specs and hashes are stable."""
+
+import copy
+
+import pytest
+import yaml
+
+from medkd.config import REPO_ROOT, ConfigError, load_config, model_spec, spec_hash
+
+DEFAULT = REPO_ROOT / "config" / "config.yaml"
+
+
+@pytest.fixture
+def raw():
+    with open(DEFAULT) as fh:
+        return yaml.safe_load(fh)
+
+
+def test_default_config_is_valid_and_filled(raw):
+    cfg = load_config(raw)
+    model = cfg["experiments"]["hinton_tissue"]["models"]["student"]
+    # defaults filled from the schema
+    assert model["train"]["subset"] == "train"
+    assert model["losses"][0]["weight"] == 1.0
+    assert cfg["mlflow"]["tracking_uri"].startswith("sqlite:///")
+
+
+def test_unknown_key_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["hinton_tissue"]["models"]["student"]["train"]["epoch"] = 3
+    with pytest.raises(ConfigError, match=r"experiments/hinton_tissue/models/student/train.*'epoch' was unexpected"):
+        load_config(bad)
+
+
+def test_wrong_type_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["hinton_tissue"]["models"]["teacher"]["train"]["batch_size"] = "sixteen"
+    with pytest.raises(ConfigError, match=r"models/teacher/train/batch_size"):
+        load_config(bad)
+
+
+def test_unknown_teacher_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["hinton_tissue"]["models"]["student_kd"]["losses"][1]["teacher"] = "professor"
+    with pytest.raises(ConfigError, match=r"student_kd/losses/1/teacher.*professor"):
+        load_config(bad)
+
+
+def test_student_cannot_be_a_teacher(raw):
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["hinton_tissue"]["models"]["student_kd"]["teachers"] = ["student"]
+    bad["experiments"]["hinton_tissue"]["models"]["student_kd"]["losses"][1]["teacher"] = "student"
+    with pytest.raises(ConfigError, match="not teacher"):
+        load_config(bad)
+
+
+def test_unknown_dataset_and_subset(raw):
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["hinton_tissue"]["dataset"] = "nowhere"
+    with pytest.raises(ConfigError, match="unknown dataset 'nowhere'"):
+        load_config(bad)
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["hinton_tissue"]["models"]["student"]["train"]["subset"] = "half"
+    with pytest.raises(ConfigError, match="unknown split or subset 'half'"):
+        load_config(bad)
+
+
+def test_init_cycle_rejected(raw):
+    bad = copy.deepcopy(raw)
+    models = bad["experiments"]["hinton_tissue"]["models"]
+    models["student"]["init_from"] = "student_kd"
+    models["student_kd"]["init_from"] = "student"
+    with pytest.raises(ConfigError, match="init_from cycle"):
+        load_config(bad)
+
+
+def test_spec_hash_changes_only_with_that_model(raw):
+    cfg = load_config(raw)
+    before = {m: spec_hash(model_spec(cfg, "hinton_tissue", m)) for m in ("teacher", "student", "student_kd")}
+    changed = copy.deepcopy(raw)
+    changed["experiments"]["hinton_tissue"]["models"]["student_kd"]["train"]["optimizer"]["lr"] = 0.01
+    cfg2 = load_config(changed)
+    after = {m: spec_hash(model_spec(cfg2, "hinton_tissue", m)) for m in ("teacher", "student", "student_kd")}
+    assert before["teacher"] == after["teacher"]
+    assert before["student"] == after["student"]
+    assert before["student_kd"] != after["student_kd"]
+
+
+def test_include_merges_experiments(tmp_path, raw):
+    extra = {"experiments": {"copy": copy.deepcopy(raw["experiments"]["hinton_tissue"])}}
+    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
+    main = copy.deepcopy(raw)
+    main["include"] = ["extra.yaml"]
+    cfg = load_config(main, root=tmp_path)
+    assert set(cfg["experiments"]) == {"hinton_tissue", "copy"}

@@ -1,0 +1,22 @@
+# cache: a teacher's logits and uncertainty maps on the train and val slices, computed once per seed
+# and read by every student that distils from it.
+
+
+rule cache:
+    input:
+        summary="results/{exp}/models/{model}/seed{seed}/summary.json",
+        store=lambda w: store_path(w.exp),
+        split="results/splits/{exp}.json",
+    output:
+        cache="results/{exp}/cache/{model}/seed{seed}.h5",
+    params:
+        model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
+        device=CFG["device"],
+    threads: CFG["threads"]
+    log:
+        "results/logs/cache/{exp}/{model}/seed{seed}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd cache --teacher-dir {params.model_dir} --store {input.store} --split {input.split}"
+        " --out {output.cache} --device {params.device} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,40 @@
+# infer -> evaluate: test-split predictions, then per-case metrics.
+
+
+rule infer:
+    input:
+        summary="results/{exp}/models/{model}/seed{seed}/summary.json",
+        store=lambda w: store_path(w.exp),
+        split="results/splits/{exp}.json",
+    output:
+        predictions="results/{exp}/predictions/{model}/seed{seed}.h5",
+    params:
+        model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
+        device=CFG["device"],
+    threads: CFG["threads"]
+    log:
+        "results/logs/infer/{exp}/{model}/seed{seed}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd infer --model-dir {params.model_dir} --store {input.store} --split {input.split}"
+        " --out {output.predictions} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        predictions="results/{exp}/predictions/{model}/seed{seed}.h5",
+        store=lambda w: store_path(w.exp),
+        split="results/splits/{exp}.json",
+    output:
+        metrics="results/{exp}/metrics/{model}/seed{seed}.csv",
+    params:
+        model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
+        conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
+    log:
+        "results/logs/evaluate/{exp}/{model}/seed{seed}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
+        " --split {input.split} --conventions {params.conventions} --out {output.metrics} > {log} 2>&1"
