@@ -50,7 +50,14 @@ def temperature_confidence(logits: torch.Tensor, temperature: float) -> torch.Te
 
 # --- MC-dropout, SVLS boundary (label) uncertainty and P-CD's fusion -------------------------------------
 
-_DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)
+_DROPOUT_TYPES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 def _dropout_modules(model: nn.Module) -> list[nn.Module]:
