@@ -1,0 +1,118 @@
+"""Embedded dataset: byte-identical regeneration, MSD layout, labels and contrasts (2 cases at 4 mm)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medkd.data.embedded import LABELS, generate_embedded, template_dir
+
+PARAMS = {"n_cases": 2, "seed": 1234, "resolution_mm": 4.0}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embedded")
+    first = generate_embedded(root / "one", **PARAMS)
+    second = generate_embedded(root / "two", **PARAMS)
+    return first, second
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_template_found_without_importing_nilearn():
+    folder = template_dir()
+    assert (folder / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").is_file()
+    assert nib.load(folder / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz").shape == (197, 233, 189)
+    code = ("import sys; from medkd.data.embedded import template_dir; template_dir(); "
+            "sys.exit(1 if 'nilearn' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_two_runs_are_byte_identical(two_runs):
+    first, second = two_runs
+    names = _files(first)
+    assert names == ["dataset.json", "imagesTr/emb_000.nii.gz", "imagesTr/emb_001.nii.gz",
+                     "labelsTr/emb_000.nii.gz", "labelsTr/emb_001.nii.gz"]
+    assert names == _files(second)
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_dataset_json_is_msd_schema_and_lists_the_files(two_runs):
+    folder = two_runs[0]
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["name"] == "embedded"
+    assert meta["modality"] == {"0": "T1", "1": "T2"}
+    assert meta["labels"] == {"0": "background", "1": "CSF", "2": "GM", "3": "WM", "4": "lesion"} == LABELS
+    assert meta["numTraining"] == 2 and meta["numTest"] == 0 and meta["tensorImageSize"] == "4D"
+    assert meta["training"] == [{"image": f"./imagesTr/emb_00{i}.nii.gz", "label": f"./labelsTr/emb_00{i}.nii.gz"}
+                                for i in range(2)]
+    for entry in meta["training"]:
+        assert (folder / entry["image"]).is_file() and (folder / entry["label"]).is_file()
+    gen = meta["generator"]
+    assert (gen["seed"], gen["n_cases"], gen["resolution_mm"], gen["lesion"]) == (1234, 2, 4.0, True)
+    assert "synthetic" in meta["description"].lower() and "not a benchmark" in meta["description"]
+    assert "McGill" in meta["licence"]
+
+
+def test_images_labels_geometry_and_contrast(two_runs):
+    folder = two_runs[0]
+    for i in range(2):
+        img = nib.load(folder / f"imagesTr/emb_00{i}.nii.gz")
+        lab = nib.load(folder / f"labelsTr/emb_00{i}.nii.gz")
+        # 197x233x189 at 1 mm -> ceil(n / 4) = 50x59x48 at 4 mm
+        assert img.shape == (50, 59, 48, 2) and lab.shape == (50, 59, 48)
+        assert img.get_data_dtype() == np.float32 and lab.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(img.affine[:3, :3], np.diag([4.0, 4.0, 4.0]))
+        np.testing.assert_allclose(img.affine[:3, 3], [-98.0, -134.0, -72.0])  # template origin kept
+        np.testing.assert_array_equal(img.affine, lab.affine)
+        data = np.asarray(img.dataobj)
+        label = np.asarray(lab.dataobj)
+        assert set(np.unique(label).tolist()) == {0, 1, 2, 3, 4}
+        t1, t2 = data[..., 0], data[..., 1]
+        brain = label > 0
+        assert not np.allclose(t1, t2)
+        assert (t1[~brain] == 0).all() and (t2[~brain] == 0).all()  # zero outside the brain
+        assert (t1[brain] > 0).all() and (t2[brain] > 0).all()  # Rician noise keeps the brain non-zero
+        means = {k: (t1[label == k].mean(), t2[label == k].mean()) for k in range(1, 5)}
+        assert means[3][0] > means[2][0] > means[1][0]  # T1: WM > GM > CSF
+        assert means[1][1] > means[2][1] > means[3][1]  # T2: CSF > GM > WM
+        assert means[4][0] < means[3][0] and means[4][1] > means[3][1]  # lesion dark in T1, bright in T2
+    first = np.asarray(nib.load(folder / "labelsTr/emb_000.nii.gz").dataobj)
+    second = np.asarray(nib.load(folder / "labelsTr/emb_001.nii.gz").dataobj)
+    assert (first != second).mean() > 0.01  # the deformation differs between cases
+
+
+def test_rerun_is_a_no_op_and_new_parameters_replace(tmp_path):
+    target = tmp_path / "emb"
+    generate_embedded(target, **PARAMS)
+    stamp = (target / "imagesTr/emb_000.nii.gz").stat().st_mtime_ns
+    generate_embedded(target, **PARAMS)
+    assert (target / "imagesTr/emb_000.nii.gz").stat().st_mtime_ns == stamp
+    (target / "labelsTr/emb_001.nii.gz").unlink()  # an incomplete dataset is rebuilt
+    generate_embedded(target, **PARAMS)
+    assert (target / "labelsTr/emb_001.nii.gz").is_file()
+    generate_embedded(target, n_cases=1, seed=99, resolution_mm=6.0, lesion=False)
+    assert _files(target) == ["dataset.json", "imagesTr/emb_000.nii.gz", "labelsTr/emb_000.nii.gz"]
+    label = np.asarray(nib.load(target / "labelsTr/emb_000.nii.gz").dataobj)
+    assert set(np.unique(label).tolist()) == {0, 1, 2, 3}  # no lesion
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]  # no temp or old directory left
+
+
+def test_refuses_to_replace_a_foreign_directory(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="mine"):
+        generate_embedded(foreign, n_cases=1, resolution_mm=8.0)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="n_cases"):
+        generate_embedded(tmp_path / "x", n_cases=0)
