@@ -20,6 +20,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/kspace.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/evaluate.smk"
@@ -32,6 +33,8 @@ localrules:
     fetch,
     split,
     tables,
+    paper_table,
+    robustness_table,
     track,
     collect,
 

@@ -12,7 +12,12 @@ File ``results/<exp>/cache/<teacher>/seed<k>.h5``:
   - ``entropy`` float32 (S, H, W): normalised predictive entropy in [0, 1]
     (:func:`medkd.uncertainty.predictive_entropy`);
   - ``confidence`` float32 (S, H, W): max softmax probability at the configured temperature, in
-    [1/C, 1] (:func:`medkd.uncertainty.temperature_confidence`).
+    [1/C, 1] (:func:`medkd.uncertainty.temperature_confidence`);
+  - ``mc_dropout`` float32 (S, H, W): class-mean variance of the softmax over ``mc_passes`` dropout
+    passes, >= 0 (:func:`medkd.uncertainty.mc_dropout_variance`; only for teachers with dropout; the
+    passes are seeded per case, so the cache is reproducible);
+  - ``label`` float32 (S, H, W): annotation-boundary uncertainty from spatially varying label smoothing
+    of the one-hot reference, in [0, 0.5] (:func:`medkd.uncertainty.label_uncertainty`).
 
 Slices are in the slice store's order for each case, so a student maps (case, slice) to cached maps.
 """
@@ -20,6 +25,7 @@ Slices are in the slice store's order for each case, so a student maps (case, sl
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import h5py
@@ -47,6 +53,7 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
     ccfg = spec.get("cache", {})
     keys_unc = list(ccfg.get("uncertainty", ["entropy", "confidence"]))
     temp = float(ccfg.get("confidence_temperature", 1.0))
+    passes = int(ccfg.get("mc_passes", 10))
     seg = spec["task"] == "segmentation"
     main_key = "logits" if seg else "output"
     n_slices = 0
@@ -58,11 +65,14 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
             runs = data.case_slices()
             for cid in tqdm(sorted(runs), desc=f"cache {spec['model']} {split_name}", unit="case", disable=None):
                 idx = torch.as_tensor(runs[cid])
-                outs = []
+                outs, mc = [], []
                 for start in range(0, len(idx), batch_size):
                     batch = to_device(data.batch(idx[start : start + batch_size]), dev)
                     out = forward_model(model, batch)
                     outs.append((out["out"] if isinstance(out, dict) else out).float().cpu())
+                    if seg and "mc_dropout" in keys_unc:
+                        seed = zlib.crc32(f"{cid}:{start}".encode())
+                        mc.append(uncertainty.mc_dropout_variance(model, batch["image"], passes, seed=seed).cpu())
                 logits = torch.cat(outs)
                 grp = fh.create_group(f"cases/{cid}")
                 grp.create_dataset(main_key, data=logits.numpy(), compression="gzip", compression_opts=1)
@@ -71,6 +81,12 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
                         grp.create_dataset("entropy", data=uncertainty.predictive_entropy(logits).numpy())
                     if "confidence" in keys_unc:
                         grp.create_dataset("confidence", data=uncertainty.temperature_confidence(logits, temp).numpy())
+                    if "mc_dropout" in keys_unc:
+                        grp.create_dataset("mc_dropout", data=torch.cat(mc).numpy())
+                    if "label" in keys_unc:
+                        target = data.tensors["target"][idx]
+                        n_classes = max(2, logits.shape[1])
+                        grp.create_dataset("label", data=uncertainty.label_uncertainty(target, n_classes).numpy())
                 n_slices += logits.shape[0]
                 cases_done.append(cid)
         keys = [main_key] + (keys_unc if seg else [])

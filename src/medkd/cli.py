@@ -82,6 +82,12 @@ def cmd_split(args) -> None:
     write_split(split, args.out)
 
 
+def cmd_undersample(args) -> None:
+    from medkd.data.kspace import write_kspace_store
+
+    print(json.dumps(write_kspace_store(args.store, args.out, json.loads(args.mask_spec)), default=str))
+
+
 def cmd_spec(args) -> None:
     from medkd.config import load_config, model_spec
 
@@ -105,6 +111,7 @@ def cmd_train(args) -> None:
     inputs = TrainInputs(
         store=Path(args.store), split=Path(args.split), teacher_dirs=_pairs(args.teacher_dir),
         caches=_pairs(args.cache), init_dir=Path(args.init_dir) if args.init_dir else None,
+        teacher_summaries=_pairs(args.teacher_summary),
         data_hash=read_json(args.fingerprint)["md5"] if args.fingerprint else None,
     )
     summary = train(spec, args.seed, inputs, args.out)
@@ -133,12 +140,38 @@ def cmd_evaluate(args) -> None:
     print(f"{n} rows -> {args.out}")
 
 
+def cmd_robustness(args) -> None:
+    from medkd.robustness import evaluate_robustness
+
+    r = json.loads(args.robustness_spec)
+    n = evaluate_robustness(args.model_dir, args.store, args.split, args.out, r["corruptions"], r["severities"],
+                            seed=r.get("seed", 0), metric=r.get("metric", "dice"), device=args.device,
+                            threads=args.threads)
+    print(f"{n} rows -> {args.out}")
+
+
+def cmd_robustness_table(args) -> None:
+    from medkd.robustness import write_robustness_outputs
+
+    write_robustness_outputs(args.experiment, args.inputs, {"csv": args.csv, "md": args.md, "png": args.png})
+
+
 def cmd_tables(args) -> None:
     from medkd.report import write_experiment_outputs
 
     exp = json.loads(args.experiment_spec)
+    exp["models"] = {m: exp["models"][m] for m in args.model_order}  # JSON params sort keys; restore config order
     write_experiment_outputs(args.experiment, exp, args.metrics, args.model_dirs,
                              {"csv": args.csv, "md": args.md, "tex": args.tex, "png": args.png, "curves": args.curves})
+
+
+def cmd_paper_table(args) -> None:
+    from medkd.report import paper_table
+
+    exps = json.loads(args.experiments_spec)
+    ordered = {e: {**exps[e], "models": {m: exps[e]["models"][m] for m in order.split(",")}}
+               for e, order in (x.split(":", 1) for x in args.order)}
+    paper_table(args.group, ordered, dict(zip(ordered, args.tables)), args.csv, args.md)
 
 
 def cmd_track(args) -> None:
@@ -157,7 +190,7 @@ def cmd_track(args) -> None:
 def cmd_collect(args) -> None:
     from medkd.report import collect
 
-    df = collect(args.tables, args.runs, args.out)
+    df = collect(args.tables, args.runs, args.out, robustness=args.robustness)
     print(f"{len(df)} rows -> {args.out}")
 
 
@@ -190,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     for a in ("--split-spec", "--fingerprint", "--out"):
         sp.add_argument(a, required=True)
 
+    sp = add("undersample", cmd_undersample, "masks + undersampled k-space + zero-filled images (or SR inputs)")
+    for a in ("--mask-spec", "--store", "--out"):
+        sp.add_argument(a, required=True)
+
     sp = add("spec", cmd_spec, "print the validated config, or one dataset, experiment or model spec, as JSON")
     sp.add_argument("--config", required=True)
     for a in ("--experiment", "--model", "--dataset"):
@@ -204,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--teacher-dir", action="append", metavar="NAME=DIR", help="online teacher model dir")
     sp.add_argument("--cache", action="append", metavar="NAME=FILE", help="teacher cache file")
     sp.add_argument("--init-dir", help="model dir whose model.pt initialises this model")
+    sp.add_argument("--teacher-summary", action="append", metavar="NAME=FILE",
+                    help="summary.json of a teacher (its best validation score weights multi-teacher terms)")
 
     for name, func, help_ in (("cache", cmd_cache, "teacher logits and uncertainty maps on train+val"),
                               ("infer", cmd_infer, "predict the test split")):
@@ -221,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(a, required=True)
     sp.add_argument("--conventions", nargs="+", default=["engine"])
 
+    sp = add("robustness", cmd_robustness, "score one model on corrupted copies of the test split")
+    for a in ("--model-dir", "--store", "--split", "--out", "--robustness-spec"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--threads", type=int, default=1)
+
+    sp = add("robustness-table", cmd_robustness_table, "robustness table and plot of one experiment")
+    for a in ("--experiment", "--csv", "--md", "--png"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--inputs", nargs="+", required=True)
+
     sp = add("tables", cmd_tables, "tables and figures of one experiment")
     sp.add_argument("--experiment", required=True)
     sp.add_argument("--experiment-spec", required=True, help="the experiment's config entry as JSON")
@@ -228,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(a, required=True)
     sp.add_argument("--metrics", nargs="+", required=True)
     sp.add_argument("--model-dirs", nargs="+", required=True)
+    sp.add_argument("--model-order", nargs="+", required=True, help="model names in config order")
+
+    sp = add("paper-table", cmd_paper_table, "the paper's table layout for a group of experiments")
+    for a in ("--group", "--experiments-spec", "--csv", "--md"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--order", nargs="+", required=True, help="exp:model1,model2,... in config order")
+    sp.add_argument("--tables", nargs="+", required=True, help="the experiments' long tables, same order")
 
     sp = add("track", cmd_track, "mirror every run into MLflow (single writer)")
     for a in ("--out", "--tables-dir", "--artifact-root", "--tracking-uri", "--prefix"):
@@ -237,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("collect", cmd_collect, "all experiments' tables -> results/tables/all.csv")
     sp.add_argument("--tables", nargs="+", required=True)
+    sp.add_argument("--robustness", nargs="*", default=[], help="<exp>_robustness.csv summaries")
     sp.add_argument("--runs", required=True)
     sp.add_argument("--out", required=True)
     return p

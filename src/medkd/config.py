@@ -72,12 +72,17 @@ def _read_yaml(path: Path) -> dict:
 def _merge_includes(cfg: dict, root: Path, seen: tuple = ()) -> dict:
     """Merge the ``datasets`` and ``experiments`` of every ``include`` file under ``cfg`` (cfg wins)."""
     merged = {"datasets": {}, "experiments": {}}
+    paths = []
     for rel in cfg.get("include", []):
-        path = (root / rel).resolve()
+        matches = sorted(root.glob(rel)) if any(ch in rel for ch in "*?[") else [root / rel]
+        paths += matches
+    for path in paths:
+        rel = path
+        path = path.resolve()
         if path in seen:
             raise ConfigError(f"include cycle through {path}")
         sub = _merge_includes(_read_yaml(path), root, seen + (path,))
-        extra = set(sub) - {"datasets", "experiments", "include"}
+        extra = set(sub) - {"datasets", "experiments", "include", "description"}
         if extra:
             raise ConfigError(f"{rel}: an included file may only hold datasets and experiments, found {sorted(extra)}")
         merged["datasets"].update(sub.get("datasets", {}))
@@ -116,6 +121,8 @@ def _check_references(cfg: dict, source: str) -> None:
             raise ConfigError(f"{where}/dataset: unknown dataset {exp['dataset']!r}")
         if exp["task"] == "segmentation" and len(exp.get("classes", {})) < 2:
             raise ConfigError(f"{where}/classes: a segmentation experiment needs at least two classes")
+        if exp["task"] != "segmentation" and "kspace" not in exp:
+            raise ConfigError(f"{where}/kspace: a {exp['task']} experiment needs a kspace entry (name and mask spec)")
         split_names = {"train", "val", "test"} | set(exp["split"].get("subsets", {}))
         for sub_name, sub in exp["split"].get("subsets", {}).items():
             if sub["of"] not in {"train", "val", "test"}:
@@ -130,6 +137,9 @@ def _check_references(cfg: dict, source: str) -> None:
                     raise ConfigError(f"{mwhere}/teachers: {teacher!r} has role {models[teacher]['role']!r}, not teacher")
             if model["role"] == "teacher" and model["teachers"]:
                 raise ConfigError(f"{mwhere}/teachers: a teacher cannot have teachers")
+            ref = model.get("compare_to")
+            if ref is not None and (ref not in models or ref == model_name):
+                raise ConfigError(f"{mwhere}/compare_to: unknown model {ref!r}")
             init = model.get("init_from")
             if init is not None and (init not in models or init == model_name):
                 raise ConfigError(f"{mwhere}/init_from: unknown model {init!r}")

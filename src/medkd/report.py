@@ -206,14 +206,91 @@ def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_di
     return table
 
 
-def collect(tables: list[str | Path], runs_json: str | Path, out_csv: str | Path) -> pd.DataFrame:
-    """Concatenate the experiments' long tables into all.csv, adding the MLflow run ids of each row."""
+def robustness_rows(path: str | Path, long_table: pd.DataFrame) -> pd.DataFrame:
+    """Robustness summary (``<exp>_robustness.csv``) as long-format rows, convention ``robustness``."""
+    exp = Path(path).name[: -len("_robustness.csv")]
+    summ = pd.read_csv(path)
+    info = long_table[long_table["experiment"] == exp].drop_duplicates("model").set_index("model")
+    rows = []
+    for r in summ.to_dict("records"):
+        base = {c: info.loc[r["model"], c] for c in LONG_COLUMNS if c in info.columns and c not in
+                ("class", "metric", "convention", "mean", "sd", "n_cases", "paper_value", "delta")}
+        for metric, sd in (("clean", math.nan), ("corrupted", math.nan), ("relative_drop", r["relative_drop_sd"])):
+            rows.append({**base, "experiment": exp, "model": r["model"], "class": "foreground", "metric": metric,
+                         "convention": "robustness", "mean": r[metric], "sd": sd, "n_seeds": r["n_seeds"]})
+    return pd.DataFrame(rows)
+
+
+def collect(tables: list[str | Path], runs_json: str | Path, out_csv: str | Path,
+            robustness: list[str | Path] = ()) -> pd.DataFrame:
+    """Concatenate the experiments' long tables (and robustness summaries) into all.csv, adding the
+    MLflow run ids of each row."""
     runs = read_json(runs_json)
     df = pd.concat([pd.read_csv(p) for p in tables], ignore_index=True)
+    if robustness:
+        df = pd.concat([df] + [robustness_rows(p, df) for p in robustness], ignore_index=True)
     df["mlflow_run_ids"] = [
         ";".join(runs.get(f"{e}/{m}/seed{s}", "") for s in str(seeds).split(";"))
         for e, m, seeds in zip(df["experiment"], df["model"], df["seeds"])
     ]
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
+    return df
+
+
+def _gain(value: float, base: float) -> float:
+    return 100.0 * (value - base) / base if base and not math.isnan(base) and not math.isnan(value) else math.nan
+
+
+def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | Path],
+                out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
+    """The paper's layout for a group of experiments: one row per (setting, model), the headline metrics
+    with ours (mean ± sd over seeds), the paper's value and, for models with ``compare_to``, the relative
+    gain in percent over that model (ours and the paper's)."""
+    rows = []
+    for exp, cfg in exp_cfgs.items():
+        t = pd.read_csv(tables[exp])
+        head = cfg.get("headline", {})
+        conv = head.get("convention", "engine")
+        metrics = head.get("metrics") or MAIN_METRICS[cfg["task"]]
+        sel = t[t["convention"] == conv]
+        cls = head.get("class") or next((c for c in sel["class"] if c not in ("-",)), "-")
+        sel = sel[sel["class"] == cls].set_index(["model", "metric"])
+        for model, mcfg in cfg["models"].items():
+            row = {"setting": cfg.get("setting", exp), "experiment": exp, "model": model,
+                   "params": int(t[t.model == model]["params"].iloc[0]) if (t.model == model).any() else None,
+                   "convention": conv, "class": cls}
+            for m in metrics:
+                if (model, m) not in sel.index:
+                    continue
+                r = sel.loc[(model, m)]
+                row[f"{m}"] = r["mean"]
+                row[f"{m}_sd"] = r["sd"]
+                row[f"{m}_paper"] = r["paper_value"]
+                ref = mcfg.get("compare_to")
+                if ref and (ref, m) in sel.index:
+                    row[f"{m}_gain_pct"] = _gain(r["mean"], sel.loc[(ref, m)]["mean"])
+                    row[f"{m}_gain_pct_paper"] = _gain(r["paper_value"], sel.loc[(ref, m)]["paper_value"])
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    metric_names = [c for c in df.columns if c not in ("setting", "experiment", "model", "params", "convention", "class")
+                    and not c.endswith(("_sd", "_paper", "_gain_pct", "_gain_pct_paper"))]
+    header = ["setting", "model", "params"] + [f"{m} ours (paper)" for m in metric_names]
+    lines = [f"## {group}: paper table\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in df.to_dict("records"):
+        cells = [str(r["setting"]), str(r["model"]), f"{r['params']:,}" if r["params"] is not None else ""]
+        for m in metric_names:
+            cell = _cell(r.get(m, math.nan), r.get(f"{m}_sd", math.nan), r.get(f"{m}_paper", math.nan), m)
+            gain, gain_p = r.get(f"{m}_gain_pct", math.nan), r.get(f"{m}_gain_pct_paper", math.nan)
+            if isinstance(gain, float) and not math.isnan(gain):
+                cell += f", {gain:+.1f}%" + (f" ({gain_p:+.1f}%)" if not math.isnan(gain_p) else "")
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    conv = ", ".join(sorted(set(df["convention"])))
+    lines.append(f"\nConvention: {conv}. Cells: ours mean ± sd over seeds (paper's value); gains relative to "
+                 "the model each row is compared with (config `compare_to`), ours (paper's).\n")
+    with atomic_path(out_md) as tmp:
+        tmp.write_text("\n".join(lines))
     return df

@@ -56,6 +56,7 @@ class TrainInputs:
     caches: dict[str, Path] = field(default_factory=dict)
     init_dir: Path | None = None
     data_hash: str | None = None
+    teacher_summaries: dict[str, Path] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -123,6 +124,26 @@ def build_scheduler(optimizer, cfg: dict, epochs: int):
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     raise ValueError(f"unknown scheduler {name!r}")
+
+
+def resolve_teacher_weights(terms_cfg: list[dict], teacher_scores: dict[str, float]) -> list[dict]:
+    """Replace ``kwargs.weights: val_score`` of multi-teacher terms by weights from each teacher's best
+    validation score (:func:`medkd.distill.multi_teacher.teacher_weights_from_scores`, mode from
+    ``kwargs.weight_mode``, default proportional)."""
+    out = []
+    for t in terms_cfg:
+        kwargs = dict(t["kwargs"])
+        if kwargs.get("weights") == "val_score":
+            from medkd.distill.multi_teacher import teacher_weights_from_scores
+
+            names = t["teacher"] if isinstance(t["teacher"], list) else [t["teacher"]]
+            missing = [n for n in names if n not in teacher_scores]
+            if missing:
+                raise ValueError(f"loss {t['loss']!r}: no validation score for teachers {missing}")
+            mode = kwargs.pop("weight_mode", "proportional")
+            kwargs["weights"] = [float(w) for w in teacher_weights_from_scores([teacher_scores[n] for n in names], mode=mode)]
+        out.append({**t, "kwargs": kwargs})
+    return out
 
 
 class Objective(nn.Module):
@@ -298,7 +319,8 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
         state = torch.load(Path(inputs.init_dir) / "model.pt", map_location=device, weights_only=True)
         model.load_state_dict(state)
         log.info("initialised from %s", inputs.init_dir)
-    objective = Objective(spec["losses"]).to(device)
+    scores = {n: read_json(p)["best_score"] for n, p in inputs.teacher_summaries.items()}
+    objective = Objective(resolve_teacher_weights(spec["losses"], scores)).to(device)
     recorder = TapRecorder(model, objective.student_taps())
 
     teachers = {}
@@ -311,9 +333,11 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
             p.requires_grad_(False)
         teachers[name] = (tmodel, TapRecorder(tmodel, [t for t in taps[name] if not t.startswith("cache:")]))
 
-    params = list(model.parameters()) + [p for p in objective.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, tcfg["optimizer"])
-    scheduler = build_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"])
+    params = [p for p in model.parameters() if p.requires_grad] + [p for p in objective.parameters() if p.requires_grad]
+    if tcfg["epochs"] > 0 and not params:
+        raise ValueError(f"{spec['model']}: nothing to train (no parameters); set train.epochs to 0 for a baseline")
+    optimizer = build_optimizer(params, tcfg["optimizer"]) if params else None
+    scheduler = build_scheduler(optimizer, tcfg["scheduler"], tcfg["epochs"]) if optimizer else None
     use_amp = bool(tcfg.get("amp")) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -325,7 +349,8 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
         ckpt = torch.load(last_path, map_location=device, weights_only=True)
         if ckpt.get("spec_hash") == hsh and int(ckpt.get("seed", -1)) == seed and best_path.exists():
             model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if optimizer is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
             objective.load_state_dict(ckpt["objective"])
             if scheduler is not None:
                 scheduler.load_state_dict(ckpt["scheduler"])
@@ -397,7 +422,7 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
             torch.save(
                 {
                     "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "objective": objective.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict(),
@@ -415,6 +440,11 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{metric: f"{score:.4f}"})
         log.info("epoch %d: loss %.4f %s", epoch, record["train_loss"],
                  " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    if not best_path.exists():  # epochs == 0: a baseline, scored once on validation
+        val = validate(model, objective, recorder, teachers, val_data, spec, bs, device, 0)
+        best, best_epoch = val.get(metric), None
+        with atomic_path(best_path) as tmp:
+            torch.save(model.state_dict(), tmp)
     recorder.remove()
 
     summary = {
@@ -445,6 +475,7 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
             "teacher_dirs": {k: str(v) for k, v in inputs.teacher_dirs.items()},
             "caches": {k: str(v) for k, v in inputs.caches.items()},
             "init_dir": str(inputs.init_dir) if inputs.init_dir else None,
+            "teacher_summaries": {k: str(v) for k, v in inputs.teacher_summaries.items()},
         },
     })
     write_json(out_dir / "env.json", environment_record(inputs.data_hash))

@@ -1,4 +1,5 @@
 # Helpers shared by every stage file: the validated config, path builders, job parameters.
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +19,10 @@ DATA_ROOT = CFG["data_root"]
 
 
 EXPERIMENTS = list(CFG["experiments"])
+GROUPS = {}  # paper table name -> its experiments, in config order
+for _name, _exp in CFG["experiments"].items():
+    if "group" in _exp:
+        GROUPS.setdefault(_exp["group"], []).append(_name)
 
 
 def exp_cfg(exp):
@@ -37,8 +42,11 @@ def model_dir(exp, model, seed):
 
 
 def store_path(exp):
-    """The data a model of ``exp`` reads: the slice store (segmentation)."""
-    return f"results/slices/{exp_dataset(exp)}.h5"
+    """The data a model of ``exp`` reads: the slice store (segmentation) or the k-space store."""
+    e = exp_cfg(exp)
+    if e["task"] == "segmentation":
+        return f"results/slices/{e['dataset']}.h5"
+    return f"results/kspace/{e['dataset']}/{e['kspace']['name']}.h5"
 
 
 def spec_json(wildcards):
@@ -60,7 +68,7 @@ def train_inputs(wildcards):
     }
     for t in cached_teachers(m):
         inputs[f"cache_{t}"] = f"results/{exp}/cache/{t}/seed{seed}.h5"
-    for t in online_teachers(m):
+    for t in m["teachers"]:
         inputs[f"teacher_{t}"] = f"{model_dir(exp, t, seed)}/summary.json"
     if m.get("init_from"):
         inputs["init"] = f"{model_dir(exp, m['init_from'], seed)}/summary.json"
@@ -72,6 +80,16 @@ def train_extra_args(wildcards):
     exp, seed = wildcards.exp, wildcards.seed
     args = [f"--cache {t}=results/{exp}/cache/{t}/seed{seed}.h5" for t in cached_teachers(m)]
     args += [f"--teacher-dir {t}={model_dir(exp, t, seed)}" for t in online_teachers(m)]
+    args += [f"--teacher-summary {t}={model_dir(exp, t, seed)}/summary.json" for t in m["teachers"]]
     if m.get("init_from"):
         args.append(f"--init-dir {model_dir(exp, m['init_from'], seed)}")
     return " ".join(args)
+
+
+def kspace_spec(dataset, name):
+    """The mask spec named ``name`` for ``dataset`` (experiments sharing a name must agree on it)."""
+    specs = {canonical_json(e["kspace"]["spec"]) for e in CFG["experiments"].values()
+             if e["dataset"] == dataset and e.get("kspace", {}).get("name") == name}
+    if len(specs) != 1:
+        raise ValueError(f"k-space {name!r} of dataset {dataset!r}: {len(specs)} different specs in the config")
+    return {**json.loads(specs.pop()), "name": name}

@@ -38,3 +38,25 @@ rule evaluate:
     shell:
         "workflow/scripts/medkd evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
         " --split {input.split} --conventions {params.conventions} --out {output.metrics} > {log} 2>&1"
+
+
+rule robustness:
+    input:
+        summary="results/{exp}/models/{model}/seed{seed}/summary.json",
+        store=lambda w: store_path(w.exp),
+        split="results/splits/{exp}.json",
+    output:
+        scores="results/{exp}/robustness/{model}/seed{seed}.csv",
+    params:
+        model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
+        spec=lambda w: canonical_json(exp_cfg(w.exp)["robustness"]),
+        device=CFG["device"],
+    threads: CFG["threads"]
+    log:
+        "results/logs/robustness/{exp}/{model}/seed{seed}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd robustness --model-dir {params.model_dir} --store {input.store} --split {input.split}"
+        " --robustness-spec {params.spec:q} --out {output.scores} --device {params.device} --threads {threads}"
+        " > {log} 2>&1"

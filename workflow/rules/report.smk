@@ -13,6 +13,7 @@ rule tables:
         curves=report("results/figures/{exp}_curves.png", caption="../report/curves.rst", category="Training"),
     params:
         spec=lambda w: canonical_json(exp_cfg(w.exp)),
+        order=lambda w: " ".join(exp_cfg(w.exp)["models"]),
         model_dirs=lambda w: " ".join(model_dir(w.exp, m, s) for m, s in all_runs(w.exp)),
     log:
         "results/logs/tables/{exp}.log",
@@ -20,13 +21,33 @@ rule tables:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd tables --experiment {wildcards.exp} --experiment-spec {params.spec:q} --metrics {input.metrics}"
-        " --model-dirs {params.model_dirs} --csv {output.csv} --md {output.md} --tex {output.tex}"
+        " --model-order {params.order} --model-dirs {params.model_dirs} --csv {output.csv} --md {output.md} --tex {output.tex}"
         " --png {output.png} --curves {output.curves} > {log} 2>&1"
+
+
+rule paper_table:
+    input:
+        tables=lambda w: [f"results/tables/{e}.csv" for e in GROUPS[w.group]],
+    output:
+        csv="results/tables/paper_{group}.csv",
+        md="results/tables/paper_{group}.md",
+    params:
+        spec=lambda w: canonical_json({e: exp_cfg(e) for e in GROUPS[w.group]}),
+        order=lambda w: " ".join(f"{e}:{','.join(exp_cfg(e)['models'])}" for e in GROUPS[w.group]),
+    log:
+        "results/logs/paper_table/{group}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd paper-table --group {wildcards.group} --experiments-spec {params.spec:q}"
+        " --order {params.order} --tables {input.tables} --csv {output.csv} --md {output.md} > {log} 2>&1"
 
 
 rule collect:
     input:
         tables=expand("results/tables/{exp}.csv", exp=EXPERIMENTS),
+        paper_tables=expand("results/tables/paper_{group}.md", group=list(GROUPS)),
+        robustness=[f"results/tables/{e}_robustness.csv" for e in EXPERIMENTS if "robustness" in exp_cfg(e)],
         runs="results/mlflow/runs.json",
     output:
         all=report("results/tables/all.csv", caption="../report/all.rst", category="Results"),
@@ -35,4 +56,22 @@ rule collect:
     conda:
         "../../envs/medkd.yaml"
     shell:
-        "workflow/scripts/medkd collect --tables {input.tables} --runs {input.runs} --out {output.all} > {log} 2>&1"
+        "workflow/scripts/medkd collect --tables {input.tables} --robustness {input.robustness} --runs {input.runs}"
+        " --out {output.all} > {log} 2>&1"
+
+
+rule robustness_table:
+    input:
+        scores=lambda w: [f"results/{w.exp}/robustness/{m}/seed{s}.csv" for m, s in all_runs(w.exp)
+                          if model_cfg(w.exp, m)["role"] != "baseline"],
+    output:
+        csv="results/tables/{exp}_robustness.csv",
+        md="results/tables/{exp}_robustness.md",
+        png=report("results/figures/{exp}_robustness.png", caption="../report/robustness.rst", category="Robustness"),
+    log:
+        "results/logs/robustness_table/{exp}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd robustness-table --experiment {wildcards.exp} --inputs {input.scores}"
+        " --csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"

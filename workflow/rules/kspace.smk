@@ -1,0 +1,18 @@
+# undersample: masks, undersampled k-space and zero-filled images (or k-space-truncated low-resolution
+# inputs for super-resolution), per case, from the slice store. One file per dataset and mask.
+
+
+rule undersample:
+    input:
+        store="results/slices/{dataset}.h5",
+    output:
+        kspace="results/kspace/{dataset}/{mask}.h5",
+    params:
+        spec=lambda w: canonical_json(kspace_spec(w.dataset, w.mask)),
+    log:
+        "results/logs/undersample/{dataset}/{mask}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd undersample --mask-spec {params.spec:q} --store {input.store}"
+        " --out {output.kspace} > {log} 2>&1"
