@@ -136,7 +136,8 @@ def cmd_infer(args) -> None:
 def cmd_evaluate(args) -> None:
     from medkd.evaluate import evaluate
 
-    n = evaluate(args.predictions, args.model_dir, args.store, args.split, args.out, conventions=args.conventions)
+    n = evaluate(args.predictions, args.model_dir, args.store, args.split, args.out, conventions=args.conventions,
+                 logit_threshold=args.logit_threshold)
     print(f"{n} rows -> {args.out}")
 
 
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     for a in ("--predictions", "--model-dir", "--store", "--split", "--out"):
         sp.add_argument(a, required=True)
     sp.add_argument("--conventions", nargs="+", default=["engine"])
+    sp.add_argument("--logit-threshold", type=float, default=0.0, help="mtms_pooled threshold on raw logits")
 
     sp = add("robustness", cmd_robustness, "score one model on corrupted copies of the test split")
     for a in ("--model-dir", "--store", "--split", "--out", "--robustness-spec"):

@@ -5,7 +5,8 @@ Segmentation slices are re-stacked into volumes (slice-store order) and scored p
 empty-mask policy documented there), using the stored slice spacing (slice thickness, row, column).
 Paper conventions requested by the experiment are added as extra rows, labelled in ``convention``:
 
-* ``mtms_pooled``: TP/FP/FN pooled over every test pixel (MTMS thesis), case ``ALL``;
+* ``mtms_pooled``: TP/FP/FN pooled over every test pixel (MTMS thesis), case ``ALL``; one-logit models
+  are thresholded at the experiment's ``logit_threshold`` (0.5 reproduces the thesis code);
 * ``pcd_per_image``: P-CD's per-image Dice/IoU (smoothing 1e-4, empty union = 1) averaged over slices
   of each case.
 
@@ -32,17 +33,23 @@ from medkd.train import TrainInputs, load_split_data
 COLUMNS = ["experiment", "model", "seed", "case", "class", "metric", "convention", "value"]
 
 
-def _predictions(path: str | Path) -> tuple[dict, dict]:
+def _predictions(path: str | Path) -> tuple[dict, dict, dict]:
+    """(root attrs, {case: pred}, {case: logit}) of a predictions file (logits only for one-logit models)."""
     with h5py.File(path, "r") as fh:
         attrs = dict(fh.attrs)
         preds = {cid: fh[f"cases/{cid}/pred"][()] for cid in fh["cases"]}
-    return attrs, preds
+        logits = {cid: fh[f"cases/{cid}/logit"][()] for cid in fh["cases"] if "logit" in fh[f"cases/{cid}"]}
+    return attrs, preds, logits
 
 
 def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, split_path: str | Path,
-             out_csv: str | Path, conventions: list[str] = ("engine",)) -> int:
-    """Score ``predictions`` against the references; returns the number of rows written."""
-    attrs, preds = _predictions(predictions)
+             out_csv: str | Path, conventions: list[str] = ("engine",), logit_threshold: float = 0.0) -> int:
+    """Score ``predictions`` against the references; returns the number of rows written.
+
+    ``logit_threshold`` applies to the ``mtms_pooled`` convention of one-logit binary models: the MTMS
+    code thresholds raw logits at 0.5 (p > 0.622) instead of 0 (p > 0.5).
+    """
+    attrs, preds, logits = _predictions(predictions)
     spec = read_json(Path(model_dir) / "config.json")["spec"]
     seed = read_json(Path(model_dir) / "config.json")["seed"]
     data = load_split_data(spec, TrainInputs(store=Path(store), split=Path(split_path)), attrs["split"])
@@ -68,7 +75,8 @@ def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, 
                     for m in ("dice", "iou"):
                         rows.append({**base, "case": cid, "class": name, "metric": m,
                                      "convention": "pcd_per_image", "value": float(np.mean([x[m] for x in per]))})
-            pooled_pairs.append((pred, ref))
+            pooled_pred = (logits[cid] > logit_threshold).astype(np.int64) if cid in logits else pred
+            pooled_pairs.append((pooled_pred, ref))
         if "mtms_pooled" in conventions:
             for name, c in classes.items():
                 pooled = metrics.pooled_binary_metrics((p == c, g == c) for p, g in pooled_pairs)

@@ -31,13 +31,15 @@ rule evaluate:
     params:
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
+        threshold=lambda w: exp_cfg(w.exp)["logit_threshold"],
     log:
         "results/logs/evaluate/{exp}/{model}/seed{seed}.log",
     conda:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
-        " --split {input.split} --conventions {params.conventions} --out {output.metrics} > {log} 2>&1"
+        " --split {input.split} --conventions {params.conventions} --logit-threshold {params.threshold}"
+        " --out {output.metrics} > {log} 2>&1"
 
 
 rule robustness:
