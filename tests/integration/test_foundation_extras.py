@@ -1,0 +1,87 @@
+"""Foundation guarantees beyond the main run: resume after a kill, DVC-matched embedded data, lint,
+and the SLURM profile's plan."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from wfhelpers import REPO, VENV_BIN, copy_repo, run, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_training_resumes_from_last_checkpoint(tiny_workflow, tmp_path):
+    """Kill `medkd train` mid-run (SIGKILL), re-run the same command: it resumes, no epoch is lost or
+    repeated, and the result is complete."""
+    wd = tiny_workflow
+    spec = json.loads(run([str(VENV_BIN / "python"), "-m", "medkd", "spec", "--config", "tiny.yaml",
+                           "--experiment", "tiny", "--model", "teacher"], wd).stdout)
+    spec["train"]["epochs"] = 40
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    out = tmp_path / "teacher"
+    cmd = [str(VENV_BIN / "python"), "-m", "medkd", "train", "--spec-file", str(spec_file), "--seed", "0",
+           "--store", str(wd / "results/slices/embedded.h5"), "--split", str(wd / "results/splits/tiny.json"),
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "epochs.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = len(log.read_text().splitlines())
+    assert 3 <= done_before < 40, done_before
+    assert not (out / "summary.json").exists()
+
+    second = run(cmd, wd, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr
+    resumed_at = int(second.stderr.split("resumed from")[1].split("at epoch")[1].split()[0])
+    assert resumed_at >= done_before - 1  # the kill may land between the log line and the checkpoint
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == list(range(40))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 40 and (out / "model.pt").exists()
+
+
+def test_embedded_data_matches_committed_dvc_file(tmp_path):
+    """Generating the default embedded dataset reproduces exactly what data.dvc records."""
+    wd = copy_repo(tmp_path / "repo")
+    cfg = yaml.safe_load((wd / "config/config.yaml").read_text())
+    spec = json.dumps(cfg["datasets"]["embedded"])
+    gen = run([str(VENV_BIN / "python"), "-m", "medkd", "fetch", "--dataset", "embedded", "--dataset-spec", spec,
+               "--out", "data/embedded"], wd, timeout=600)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    status = run([str(VENV_BIN / "dvc"), "status", "data.dvc"], wd)
+    assert status.returncode == 0, status.stderr
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_lint_is_clean():
+    proc = snakemake(["--lint"], REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_slurm_profile_plans_gpu_training(tmp_path):
+    wd = copy_repo(tmp_path / "repo")
+    proc = snakemake(["-n", "results/tables/all.csv", "--workflow-profile", "profiles/slurm"], wd, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    train_blocks = [b for b in out.split("rule ")[1:] if b.startswith("train:")]
+    assert train_blocks and all("gpu=1" in b and "slurm_partition=gpu" in b for b in train_blocks)
+    fetch_blocks = [b for b in out.split("rule ")[1:] if b.startswith("fetch:")]
+    assert fetch_blocks and "gpu=" not in fetch_blocks[0]
+    # a dry run does not mark local rules; the Snakefile declares them
+    local = (REPO / "Snakefile").read_text().split("localrules:")[1].split("rule all")[0]
+    for rule in ("fetch", "tables", "track", "collect"):
+        assert f"    {rule}," in local
