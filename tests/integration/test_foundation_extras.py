@@ -4,6 +4,7 @@ and the SLURM profile's plan."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -85,3 +86,32 @@ def test_slurm_profile_plans_gpu_training(tmp_path):
     local = (REPO / "Snakefile").read_text().split("localrules:")[1].split("rule all")[0]
     for rule in ("fetch", "tables", "track", "collect"):
         assert f"    {rule}," in local
+
+
+def test_mlflow_ui_serves_the_runs(tiny_workflow):
+    """`make ui`'s command serves the tracked runs over HTTP (started on a free port, then stopped)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tiny_workflow / "results" / "mlflow.db"
+    proc = subprocess.Popen([str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{db}",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=tiny_workflow,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        body, deadline = None, time.time() + 120
+        while time.time() < deadline and body is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+                                             data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
+                body = json.loads(urllib.request.urlopen(req, timeout=5).read())
+            except OSError:
+                time.sleep(1)
+        assert body is not None, "mlflow ui did not answer within 120 s"
+        names = {e["name"] for e in body["experiments"]}
+        assert "medkd-test/tiny" in names
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
