@@ -1,0 +1,124 @@
+"""Multi-teacher soft-label distillation (TeachFormer: several teachers condensed into one student).
+
+``L = sum_i w_i * T^2 * KL( softmax(z_i / T) || softmax(z_s / T) )``, with the KL summed over classes
+and averaged over pixels and samples (as :func:`medkd.distill.hinton.soft_kl`), ``z_i`` the logits of
+teacher i and ``w_i`` non-negative weights normalised to sum to one. TeachFormer's exact weighting is not
+public; uniform weights, fixed weights, or weights from each teacher's validation Dice
+(:func:`teacher_weights_from_scores`) are our options.
+
+Binary single-logit tensors ``(B, 1, H, W)`` (student or teacher) are read as two-class probabilities
+``[1 - p, p]`` with ``p = sigmoid(z / T)`` (logits ``[0, z]``), so a binary student can learn from
+two-class teachers and vice versa.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from medkd.distill import LOSSES, LossTerm
+from medkd.distill.hinton import soft_kl
+
+SCORE_MODES = ("proportional", "softmax", "uniform")
+
+
+def normalise_weights(weights: Sequence[float] | str, n_teachers: int) -> list[float]:
+    """Weights that sum to one.
+
+    Args:
+        weights: ``"uniform"`` or one non-negative number per teacher.
+        n_teachers: number of teachers (>= 1).
+
+    Returns:
+        ``n_teachers`` floats summing to 1.
+
+    Raises:
+        ValueError: wrong length, a negative or non-finite weight, all weights zero, or an unknown string.
+    """
+    if n_teachers < 1:
+        raise ValueError(f"need at least one teacher, got {n_teachers}")
+    if isinstance(weights, str):
+        if weights != "uniform":
+            raise ValueError(f"weights must be 'uniform' or a list of numbers, got {weights!r}")
+        return [1.0 / n_teachers] * n_teachers
+    values = [float(w) for w in weights]
+    if len(values) != n_teachers:
+        raise ValueError(f"{len(values)} weights for {n_teachers} teachers")
+    if any(not math.isfinite(w) or w < 0 for w in values):
+        raise ValueError(f"teacher weights must be finite and non-negative, got {values}")
+    total = sum(values)
+    if total == 0:
+        raise ValueError("teacher weights are all zero")
+    return [w / total for w in values]
+
+
+def teacher_weights_from_scores(scores: Sequence[float], mode: str = "proportional",
+                                temperature: float = 1.0) -> list[float]:
+    """Teacher weights from validation scores (e.g. each teacher's mean Dice in [0, 1]).
+
+    Args:
+        scores: one score per teacher, higher is better.
+        mode: ``"proportional"``: ``w_i = s_i / sum s`` (scores must be non-negative, not all zero);
+            ``"softmax"``: ``w_i = exp(s_i / temperature) / sum_j exp(s_j / temperature)``;
+            ``"uniform"``: ``1 / n`` regardless of the scores.
+        temperature: softmax temperature (> 0); small values favour the best teacher.
+
+    Returns:
+        Weights summing to 1, in the order of ``scores``.
+
+    Raises:
+        ValueError: empty or non-finite scores, unknown mode, non-positive temperature, or (proportional)
+            negative / all-zero scores.
+    """
+    values = [float(s) for s in scores]
+    if not values:
+        raise ValueError("no teacher scores given")
+    if any(not math.isfinite(s) for s in values):
+        raise ValueError(f"teacher scores must be finite, got {values}")
+    if mode == "uniform":
+        return normalise_weights("uniform", len(values))
+    if mode == "proportional":
+        return normalise_weights(values, len(values))
+    if mode == "softmax":
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        return torch.softmax(torch.tensor(values, dtype=torch.float64) / temperature, dim=0).tolist()
+    raise ValueError(f"mode must be one of {SCORE_MODES}, got {mode!r}")
+
+
+@LOSSES.register("multi_teacher_kl")
+class MultiTeacherKL(LossTerm):
+    """Weighted sum over teachers of the temperature-scaled soft-label KL.
+
+    Args:
+        weights: ``"uniform"`` (default) or one non-negative weight per teacher (normalised to sum 1).
+        temperature: softmax temperature T (> 0; default 4 as ``kl_div``); each KL is multiplied by T^2.
+
+    ``teacher`` is a list of logits tensors ``(B, C, H, W)`` (one per teacher, each shaped like the
+    student's, or single-logit binary); a bare tensor is treated as a one-teacher list. Teacher logits
+    are detached.
+    """
+
+    needs_teacher = True
+
+    def __init__(self, weights: Sequence[float] | str = "uniform", temperature: float = 4.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if isinstance(weights, str):
+            normalise_weights(weights, 1)  # validates the string
+        else:
+            normalise_weights(weights, len(weights))  # validates the numbers
+        self.weights = weights
+        self.temperature = float(temperature)
+
+    def forward(self, student, teacher, batch, epoch):
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        weights = normalise_weights(self.weights, len(teachers))
+        total = student.new_zeros((), dtype=torch.float32)
+        for w, t in zip(weights, teachers):
+            if w > 0:
+                total = total + w * soft_kl(student, t.detach(), self.temperature)
+        return total
