@@ -38,32 +38,50 @@ def _pairs(values: list[str] | None) -> dict[str, Path]:
 
 
 def cmd_fetch(args) -> None:
+    """Generate (embedded), download (download) or verify (manual) one dataset.
+
+    ``--dataset-spec`` is the config entry (or, from the ``fetch_source`` rule, ``{"kind", "source"}``).
+    Download and manual datasets are looked up in ``--datasets-yaml`` under ``source`` (default: the
+    dataset's name) and land in ``<parent of --out>/<source>``, which must be ``--out`` itself. A manual
+    dataset with missing files raises :class:`medkd.data.sources.ManualDatasetMissing`, whose message lists
+    one missing path per line and where to request the data (``main`` turns it into exit code 2).
+    """
     ds = json.loads(args.dataset_spec)
+    log = logging.getLogger("medkd")
     if ds["kind"] == "embedded":
         from medkd.data.embedded import generate_embedded
 
         g = ds.get("generator", {})
         generate_embedded(args.out, n_cases=g.get("n_cases", 10), seed=g.get("seed", 1234),
                           resolution_mm=g.get("resolution_mm", 2.0), lesion=g.get("lesion", True))
-    else:
-        from medkd.data.sources import fetch_dataset, load_datasets_yaml
+        return
+    from medkd.data.sources import fetch_dataset, load_datasets_yaml
 
-        specs = load_datasets_yaml(args.datasets_yaml)
-        source = ds.get("source", args.dataset)
-        if source not in specs:
-            raise SystemExit(f"dataset {args.dataset!r}: source {source!r} is not in {args.datasets_yaml}")
-        fetch_dataset(source, specs[source], Path(args.out).parent)
+    specs = load_datasets_yaml(args.datasets_yaml)
+    source = ds.get("source", args.dataset)
+    if source not in specs:
+        raise ValueError(f"dataset {args.dataset!r}: source {source!r} is not in {args.datasets_yaml} "
+                         f"(known: {', '.join(specs)})")
+    if specs[source]["kind"] != ds["kind"]:
+        raise ValueError(f"dataset {args.dataset!r} says kind {ds['kind']!r}, but {args.datasets_yaml} entry "
+                         f"{source!r} is {specs[source]['kind']!r}")
+    out = Path(args.out)
+    if out.name != source:
+        raise ValueError(f"--out {out} must be <data_root>/{source} (the source's folder)")
+    target = fetch_dataset(source, specs[source], out.parent, progress=sys.stderr.isatty())
+    log.info("%s ready in %s; record the raw data with `dvc add %s` (see docs/datasets.md)", source, target,
+             out.parent)
 
 
 def cmd_convert(args) -> None:
-    from medkd.data.convert import convert_msd
+    """Raw dataset folder -> slice store + fingerprint JSON, with the converter of ``convert.format``."""
+    from medkd.data.formats import convert_dataset
     from medkd.data.store import SliceStore
     from medkd.io import write_json
     from medkd.provenance import file_md5
 
     c = json.loads(args.convert_spec)
-    convert_msd(args.src, args.out, size=tuple(c["size"]), normalise=c["normalise"], channels=c.get("channels"),
-                axis=c["axis"], min_foreground=c["min_foreground"], window=c.get("window"), dataset=args.dataset)
+    convert_dataset(c.get("format", "msd"), args.src, args.out, c, dataset=args.dataset)
     with SliceStore(args.out) as store:
         n_slices = sum(store.n_slices(cid) for cid in store.case_ids)
         fingerprint = {"dataset": args.dataset, "md5": file_md5(args.out), "cases": store.case_ids,
@@ -137,7 +155,7 @@ def cmd_evaluate(args) -> None:
     from medkd.evaluate import evaluate
 
     n = evaluate(args.predictions, args.model_dir, args.store, args.split, args.out, conventions=args.conventions,
-                 logit_threshold=args.logit_threshold)
+                 logit_threshold=args.logit_threshold, regions=json.loads(args.regions))
     print(f"{n} rows -> {args.out}")
 
 
@@ -261,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(a, required=True)
     sp.add_argument("--conventions", nargs="+", default=["engine"])
     sp.add_argument("--logit-threshold", type=float, default=0.0, help="mtms_pooled threshold on raw logits")
+    sp.add_argument("--regions", default="{}", help="JSON {region: [class names]} scored as unions")
 
     sp = add("robustness", cmd_robustness, "score one model on corrupted copies of the test split")
     for a in ("--model-dir", "--store", "--split", "--out", "--robustness-spec"):
@@ -307,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     t0 = time.perf_counter()
+    from medkd.data.sources import SourceError  # download/checksum/manual-dataset errors: clean message, exit 2
+
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, SourceError) as exc:
         logging.getLogger("medkd").error("%s failed: %s", args.command, exc)
         return 2
     logging.getLogger("medkd").info("%s done in %.1f s", args.command, time.perf_counter() - t0)

@@ -121,6 +121,10 @@ def _check_references(cfg: dict, source: str) -> None:
             raise ConfigError(f"{where}/dataset: unknown dataset {exp['dataset']!r}")
         if exp["task"] == "segmentation" and len(exp.get("classes", {})) < 2:
             raise ConfigError(f"{where}/classes: a segmentation experiment needs at least two classes")
+        for region, members in exp.get("regions", {}).items():
+            unknown = [m for m in members if m not in exp.get("classes", {})]
+            if unknown:
+                raise ConfigError(f"{where}/regions/{region}: unknown classes {unknown}")
         if exp["task"] != "segmentation" and "kspace" not in exp:
             raise ConfigError(f"{where}/kspace: a {exp['task']} experiment needs a kspace entry (name and mask spec)")
         split_names = {"train", "val", "test"} | set(exp["split"].get("subsets", {}))

@@ -10,6 +10,9 @@ Paper conventions requested by the experiment are added as extra rows, labelled 
 * ``pcd_per_image``: P-CD's per-image Dice/IoU (smoothing 1e-4, empty union = 1) averaged over slices
   of each case.
 
+* ``region``: Dice, IoU and HD95 of unions of classes (the experiment's ``regions``, e.g. BraTS's
+  whole tumour / tumour core / enhancing tumour), per case.
+
 Every file also gets a ``cost`` row: the inference latency per slice measured by the infer stage.
 
 Reconstruction volumes are scored with PSNR, SSIM and NMSE per volume
@@ -43,7 +46,8 @@ def _predictions(path: str | Path) -> tuple[dict, dict, dict]:
 
 
 def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, split_path: str | Path,
-             out_csv: str | Path, conventions: list[str] = ("engine",), logit_threshold: float = 0.0) -> int:
+             out_csv: str | Path, conventions: list[str] = ("engine",), logit_threshold: float = 0.0,
+             regions: dict[str, list[str]] | None = None) -> int:
     """Score ``predictions`` against the references; returns the number of rows written.
 
     ``logit_threshold`` applies to the ``mtms_pooled`` convention of one-logit binary models: the MTMS
@@ -60,6 +64,7 @@ def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, 
     rows: list[dict] = []
     if spec["task"] == "segmentation":
         classes = {name: i for i, name in enumerate(spec["classes"]) if i > 0}
+        class_index = {name: i for i, name in enumerate(spec["classes"])}
         pooled_pairs = []
         for cid in sorted(runs):
             ref = data.tensors["target"][runs[cid]].numpy()
@@ -69,6 +74,14 @@ def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, 
             row_mm, col_mm, slice_mm = data.spacing[cid]
             for r in metrics.segmentation_case_metrics(pred, ref, classes, (slice_mm, row_mm, col_mm)):
                 rows.append({**base, "case": cid, "convention": "engine", **r})
+            for region, members in regions.items():
+                idx = [class_index[m] for m in members]
+                p_reg, r_reg = np.isin(pred, idx), np.isin(ref, idx)
+                for m, fn in (("dice", metrics.dice), ("iou", metrics.iou)):
+                    rows.append({**base, "case": cid, "class": region, "metric": m, "convention": "region",
+                                 "value": fn(p_reg, r_reg)})
+                rows.append({**base, "case": cid, "class": region, "metric": "hd95", "convention": "region",
+                             "value": metrics.hd95(p_reg, r_reg, (slice_mm, row_mm, col_mm))})
             if "pcd_per_image" in conventions:
                 for name, c in classes.items():
                     per = [metrics.per_image_binary_metrics(p == c, g == c) for p, g in zip(pred, ref)]

@@ -2,7 +2,9 @@
 
 Aggregation, for every (model, class, metric, convention): the mean over cases (NaN cases, e.g. both
 masks empty, are excluded and not counted in ``n_cases``) per seed, then the mean and the sample
-standard deviation (ddof 1; empty for a single seed) over seeds. The long table has one row per
+standard deviation (ddof 1; empty for a single seed) over seeds. ``case_sd`` is the standard deviation
+over cases (ddof 1) averaged over seeds: KD-MRI and fastMRI report mean ± 2·case_sd over volumes, which
+paper tables show with ``headline.spread: cases_2sd``. The long table has one row per
 aggregate with the paper's value (from the experiment's ``reference`` list) and the difference
 ``delta = mean - paper_value``.
 
@@ -25,7 +27,7 @@ from medkd.io import atomic_path, read_json, read_jsonl
 
 LONG_COLUMNS = [
     "experiment", "dataset", "task", "model", "role", "kd_method", "arch", "class", "metric", "convention",
-    "mean", "sd", "n_seeds", "n_cases", "paper_value", "delta", "params", "fidelity", "seeds",
+    "mean", "sd", "n_seeds", "n_cases", "case_sd", "paper_value", "delta", "params", "flops", "fidelity", "seeds",
     "spec_hash", "data_hash", "git_commit",
 ]
 MAIN_METRICS = {"segmentation": ["dice", "hd95"], "reconstruction": ["psnr", "ssim"], "super_resolution": ["psnr", "ssim"]}
@@ -44,12 +46,15 @@ def aggregate(metric_frames: list[pd.DataFrame]) -> pd.DataFrame:
     df = pd.concat(metric_frames, ignore_index=True)
     keys = ["model", "class", "metric", "convention"]
     per_seed = df.groupby(keys + ["seed"], sort=False).agg(
-        value=("value", "mean"), n_cases=("value", "count")).reset_index()
+        value=("value", "mean"), n_cases=("value", "count"),
+        case_sd=("value", lambda v: float(np.std(v.dropna(), ddof=1)) if v.notna().sum() > 1 else math.nan),
+    ).reset_index()
     agg = per_seed.groupby(keys, sort=False).agg(
         mean=("value", "mean"),
         sd=("value", lambda v: float(np.std(v.dropna(), ddof=1)) if v.notna().sum() > 1 else math.nan),
         n_seeds=("value", "count"),
         n_cases=("n_cases", "max"),
+        case_sd=("case_sd", "mean"),
         seeds=("seed", lambda s: ";".join(str(x) for x in sorted(s))),
     ).reset_index()
     return agg
@@ -71,11 +76,12 @@ def experiment_table(exp_name: str, exp_cfg: dict, metric_csvs: list[str | Path]
         model_info = info[r["model"]]
         paper = _reference_value(refs, r["model"], r["class"], r["metric"], r["convention"])
         rows.append({
-            **{k: r[k] for k in ("model", "class", "metric", "convention", "mean", "sd", "n_seeds", "n_cases", "seeds")},
+            **{k: r[k] for k in ("model", "class", "metric", "convention", "mean", "sd", "n_seeds", "n_cases",
+                                 "case_sd", "seeds")},
             "experiment": exp_name, "dataset": exp_cfg["dataset"], "task": exp_cfg["task"],
             "role": model_info["role"], "kd_method": model_info["kd_method"], "arch": model_info["arch"],
             "paper_value": paper, "delta": r["mean"] - paper if not math.isnan(paper) else math.nan,
-            "params": model_info["params"],
+            "params": model_info["params"], "flops": model_info.get("flops_per_slice"),
             "fidelity": json.dumps(exp_cfg["models"][r["model"]].get("fidelity", {}), sort_keys=True),
             "spec_hash": model_info["spec_hash"], "data_hash": model_info["data_hash"],
             "git_commit": model_info["git_commit"],
@@ -107,6 +113,7 @@ def wide_table(table: pd.DataFrame, task: str) -> pd.DataFrame:
     wide["role"] = [first.loc[m, "role"] for m in models]
     wide["kd"] = [first.loc[m, "kd_method"] for m in models]
     wide["params"] = [f"{int(first.loc[m, 'params']):,}" for m in models]
+    wide["GFLOPs"] = [f"{first.loc[m, 'flops'] / 1e9:.3f}" if pd.notna(first.loc[m, "flops"]) else "" for m in models]
     sel = table[table["metric"].isin(main + ["latency_ms_per_slice"]) |
                 (table["convention"] != "engine") & (table["convention"] != "cost")]
     for (conv, cls, metric), grp in sel.groupby(["convention", "class", "metric"], sort=False):
@@ -252,6 +259,7 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
         t = pd.read_csv(tables[exp])
         head = cfg.get("headline", {})
         conv = head.get("convention", "engine")
+        two_sd_cases = head.get("spread", "seeds") == "cases_2sd"
         metrics = head.get("metrics") or MAIN_METRICS[cfg["task"]]
         sel = t[t["convention"] == conv]
         cls = head.get("class") or next((c for c in sel["class"] if c not in ("-",)), "-")
@@ -265,7 +273,8 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
                     continue
                 r = sel.loc[(model, m)]
                 row[f"{m}"] = r["mean"]
-                row[f"{m}_sd"] = r["sd"]
+                row[f"{m}_sd"] = 2 * r["case_sd"] if two_sd_cases else r["sd"]
+                row["spread"] = "2 sd over cases" if two_sd_cases else "sd over seeds"
                 row[f"{m}_paper"] = r["paper_value"]
                 ref = mcfg.get("compare_to")
                 if ref and (ref, m) in sel.index:
@@ -275,7 +284,8 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
     df = pd.DataFrame(rows)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
-    metric_names = [c for c in df.columns if c not in ("setting", "experiment", "model", "params", "convention", "class")
+    metric_names = [c for c in df.columns if c not in ("setting", "experiment", "model", "params", "convention", "class",
+                                                       "spread")
                     and not c.endswith(("_sd", "_paper", "_gain_pct", "_gain_pct_paper"))]
     header = ["setting", "model", "params"] + [f"{m} ours (paper)" for m in metric_names]
     lines = [f"## {group}: paper table\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -289,7 +299,8 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     conv = ", ".join(sorted(set(df["convention"])))
-    lines.append(f"\nConvention: {conv}. Cells: ours mean ± sd over seeds (paper's value); gains relative to "
+    spread = ", ".join(sorted(set(df["spread"].dropna()))) if "spread" in df else "sd over seeds"
+    lines.append(f"\nConvention: {conv}. Cells: ours mean ± {spread} (paper's value); gains relative to "
                  "the model each row is compared with (config `compare_to`), ours (paper's).\n")
     with atomic_path(out_md) as tmp:
         tmp.write_text("\n".join(lines))

@@ -228,6 +228,24 @@ def forward_model(model: nn.Module, batch: dict):
     return model(*[batch[k] for k in keys])
 
 
+@torch.no_grad()
+def flops_per_slice(model: nn.Module, batch: dict) -> int:
+    """FLOPs of one forward pass on the first slice of ``batch`` (torch's FlopCounterMode: 2 per
+    multiply-accumulate of convolutions, linear layers and matmuls; FFTs, norms and activations are not
+    counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "cache"}
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            forward_model(model, one)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
 # ------------------------------------------------------------------------------------------ metrics
 
 
@@ -456,6 +474,7 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
         "arch": spec["arch"],
         "params": count_parameters(model),
         "trainable_params": count_parameters(model, trainable_only=True),
+        "flops_per_slice": flops_per_slice(model, to_device(val_data.batch(torch.arange(1)), device)),
         "select_metric": metric,
         "best_epoch": best_epoch,
         "best_score": best,

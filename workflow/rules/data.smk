@@ -1,4 +1,11 @@
 # fetch -> convert -> split: raw volumes to canonical 2-D slices and case-level splits.
+#
+# Raw data: embedded datasets are generated into data/<dataset>/ by `fetch` (marker dataset.json);
+# download and manual datasets are described in config/datasets.yaml and land in data/<source>/ by
+# `fetch_source` (marker .medkd-fetched.json written by medkd.data.sources.fetch_dataset), where <source> is
+# the dataset's `source` (default its own name). A manual dataset whose files are absent stops the DAG at
+# planning time (also under -n) with the list of missing paths and where to request the data.
+include: "sources.smk"
 
 
 rule fetch:
@@ -15,15 +22,37 @@ rule fetch:
         "workflow/scripts/medkd fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} > {log} 2>&1"
 
 
+rule fetch_source:
+    input:
+        manual_files_present,
+    output:
+        marker=f"{DATA_ROOT}/{{source}}/{_sources.MARKER_NAME}",
+    wildcard_constraints:
+        source=r"[a-z0-9][a-z0-9_]*",
+    params:
+        spec=lambda w: canonical_json({"kind": source_kind(w.source), "source": w.source}),
+        out=lambda w: f"{DATA_ROOT}/{w.source}",
+    log:
+        "results/logs/fetch_source/{source}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} > {log} 2>&1"
+
+
+localrules:
+    fetch_source,
+
+
 rule convert:
     input:
-        dataset_json=rules.fetch.output.dataset_json,
+        raw=lambda w: fetched_marker(w.dataset),
     output:
         store="results/slices/{dataset}.h5",
         fingerprint="results/slices/{dataset}.json",
     params:
         spec=lambda w: canonical_json(CFG["datasets"][w.dataset]["convert"]),
-        src=lambda w: f"{DATA_ROOT}/{w.dataset}",
+        src=lambda w: raw_dir(w.dataset),
     log:
         "results/logs/convert/{dataset}.log",
     conda:

@@ -32,6 +32,7 @@ rule evaluate:
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
         threshold=lambda w: exp_cfg(w.exp)["logit_threshold"],
+        regions=lambda w: canonical_json(exp_cfg(w.exp).get("regions", {})),
     log:
         "results/logs/evaluate/{exp}/{model}/seed{seed}.log",
     conda:
@@ -39,6 +40,7 @@ rule evaluate:
     shell:
         "workflow/scripts/medkd evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
         " --split {input.split} --conventions {params.conventions} --logit-threshold {params.threshold}"
+        " --regions {params.regions:q}"
         " --out {output.metrics} > {log} 2>&1"
 
 
