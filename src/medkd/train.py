@@ -127,9 +127,10 @@ def build_scheduler(optimizer, cfg: dict, epochs: int):
 
 
 def resolve_teacher_weights(terms_cfg: list[dict], teacher_scores: dict[str, float]) -> list[dict]:
-    """Replace ``kwargs.weights: val_score`` of multi-teacher terms by weights from each teacher's best
-    validation score (:func:`medkd.distill.multi_teacher.teacher_weights_from_scores`, mode from
-    ``kwargs.weight_mode``, default proportional)."""
+    """Replace ``kwargs.weights: val_score`` of multi-teacher terms by weights from each teacher's
+    validation Dice at its selected epoch (:func:`medkd.distill.multi_teacher.teacher_weights_from_scores`,
+    mode from ``kwargs.weight_mode``, default proportional). The Dice is used whatever metric the teacher
+    selected on, so a teacher selected on a loss never gets a weight that grows with its loss."""
     out = []
     for t in terms_cfg:
         kwargs = dict(t["kwargs"])
@@ -137,9 +138,9 @@ def resolve_teacher_weights(terms_cfg: list[dict], teacher_scores: dict[str, flo
             from medkd.distill.multi_teacher import teacher_weights_from_scores
 
             names = t["teacher"] if isinstance(t["teacher"], list) else [t["teacher"]]
-            missing = [n for n in names if n not in teacher_scores]
+            missing = [n for n in names if teacher_scores.get(n) is None]
             if missing:
-                raise ValueError(f"loss {t['loss']!r}: no validation score for teachers {missing}")
+                raise ValueError(f"loss {t['loss']!r}: no validation Dice for teachers {missing} (segmentation only)")
             mode = kwargs.pop("weight_mode", "proportional")
             kwargs["weights"] = [float(w) for w in teacher_weights_from_scores([teacher_scores[n] for n in names], mode=mode)]
         out.append({**t, "kwargs": kwargs})
@@ -337,7 +338,7 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
         state = torch.load(Path(inputs.init_dir) / "model.pt", map_location=device, weights_only=True)
         model.load_state_dict(state)
         log.info("initialised from %s", inputs.init_dir)
-    scores = {n: read_json(p)["best_score"] for n, p in inputs.teacher_summaries.items()}
+    scores = {n: read_json(p).get("best_val", {}).get("val_dice") for n, p in inputs.teacher_summaries.items()}
     objective = Objective(resolve_teacher_weights(spec["losses"], scores)).to(device)
     recorder = TapRecorder(model, objective.student_taps())
 
@@ -410,7 +411,7 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
             scaler.update()
             b = batch["image"].shape[0]
             seen += b
-            total_sum += float(loss) * b
+            total_sum += float(loss.detach()) * b
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * b
         train_time = time.perf_counter() - t0
@@ -478,6 +479,8 @@ def train(spec: dict, seed: int, inputs: TrainInputs, out_dir: str | Path, progr
         "select_metric": metric,
         "best_epoch": best_epoch,
         "best_score": best,
+        "best_val": {k: v for k, v in (history[best_epoch] if best_epoch is not None else val).items()
+                     if k.startswith("val_")},
         "epochs": tcfg["epochs"],
         "train_slices": n,
         "val_slices": len(val_data),

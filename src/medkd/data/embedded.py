@@ -17,7 +17,7 @@ Each pseudo-subject (case ``i``, random generator ``numpy.random.default_rng([se
 3. labels: brain = deformed T1 > 0.1; WM where wm >= gm and wm >= 0.5; GM where gm > wm and gm >= 0.5;
    CSF = rest of the brain (so CSF includes the ventricles and sulci and the template's partial-volume
    rim); 0 outside the brain;
-4. when ``lesion`` is true, an ellipsoidal lesion (radii 3-8 mm, random orientation, logistic edge 1 mm
+4. when ``lesion`` is true, an ellipsoidal lesion (radii 15-25 mm, random orientation, logistic edge 1 mm
    wide) centred on a random WM voxel: label 4 where its membership >= 0.5 inside the brain, T1 darkened
    by up to 55 %, T2 brightened towards 0.9;
 5. a T2-like channel: per-tissue intensities (CSF 1.0, GM 0.55, WM 0.35) mixed by the deformed GM/WM
@@ -78,7 +78,7 @@ SCALING = 0.05
 TRANSLATION_MM = 3.0
 DISPLACEMENT_SIGMA_MM = 10.0
 DISPLACEMENT_PEAK_MM = (2.0, 4.0)
-LESION_RADIUS_MM = (3.0, 8.0)
+LESION_RADIUS_MM = (15.0, 25.0)  # tumour-sized: learnable at 2 mm and 64x64 slices
 LESION_EDGE_MM = 1.0
 GAMMA_RANGE = (0.8, 1.2)
 BIAS_PEAK = (0.05, 0.15)
