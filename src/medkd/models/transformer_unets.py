@@ -23,7 +23,9 @@ Models (all take ``in_channels``, ``out_channels``, ``img_size``, ``embed_dim``,
 
 Uniform tap names for attention distillation (identity modules, so forward hooks see their outputs):
 
-* ``coarse_map``: the deepest encoder feature grid E_n, ``(B, C_n, H / s_n, W / s_n)``;
+* ``coarse_map``: the deepest encoder tokens E_n as a grid ``(B, C_n, H / s_n, W / s_n)``, taken BEFORE
+  the final LayerNorm (a side branch: per-token normalisation makes ``sum_c F^2`` the same at every
+  position, so an attention map after it carries no spatial information);
 * ``fine_map``: the output of decoder stage D_{n-1}, the last stage before the full-resolution one.
 
 Every attention module has a ``probs`` identity tap whose output is the softmax attention
@@ -108,15 +110,20 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens ``(B, h*w, C)`` (row-major) -> feature grid ``(B, C, h, w)``."""
+    b, n, c = tokens.shape
+    h, w = grid
+    if n != h * w:
+        raise ValueError(f"{n} tokens cannot form a {h}x{w} grid")
+    return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
 class TokensToGrid(nn.Module):
     """Tokens ``(B, h*w, C)`` (row-major) -> feature grid ``(B, C, h, w)``; a tap point."""
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        b, n, c = tokens.shape
-        h, w = grid
-        if n != h * w:
-            raise ValueError(f"{n} tokens cannot form a {h}x{w} grid")
-        return tokens.transpose(1, 2).reshape(b, c, h, w)
+        return tokens_to_grid(tokens, grid)
 
 
 class ResConvBlock(nn.Module):
@@ -284,7 +291,8 @@ class UNETR2d(nn.Module):
         for j, layer in enumerate(self.tap_layers):
             tokens = self.norm(hidden[layer]) if j == len(self.tap_layers) - 1 else hidden[layer]
             grids.append(self.encoder_grids[j](tokens, g))
-        y = self.coarse_map(grids[-1])
+        self.coarse_map(tokens_to_grid(hidden[self.tap_layers[-1]], g))  # attention tap, before the final norm
+        y = grids[-1]
         k = self.n_stages
         for s in range(1, k + 1):
             skip = self.skip_projections[s - 1](grids[k - 1 - s]) if s < k else self.input_block(image)
@@ -514,7 +522,8 @@ class SwinUNet2d(nn.Module):
             if i < self.n_stages - 1:
                 x = self.merges[i](x, (h, w))
                 h, w = h // 2, w // 2
-        y = self.coarse_map(grids[-1])
+        self.coarse_map(tokens_to_grid(x, (h, w)))  # attention tap: deepest tokens before the stage norm
+        y = grids[-1]
         n_steps = len(self.decoder) + len(self.full_res_ups)
         if n_steps == 1:  # one stage with patch 2: D_{n-1} is the deepest grid itself
             y = self.fine_map(y)
@@ -634,7 +643,8 @@ class TeachFormerStudent(nn.Module):
                 tokens = block(tokens)
             feat = self.encoder_grids[i](self.stage_norms[i](tokens), (h, w))
             grids.append(feat)
-        y = self.coarse_map(grids[-1])
+        self.coarse_map(tokens_to_grid(tokens, (h, w)))  # attention tap: deepest tokens before the stage norm
+        y = grids[-1]
         for j, stage in enumerate(self.decoder):
             y = stage(y, grids[-2 - j])
         y = self.fine_map(y)
