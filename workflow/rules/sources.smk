@@ -45,10 +45,5 @@ def manual_files_present(wildcards):
         raise ValueError(f"dataset source {wildcards.source!r} is not described in {_DATASETS_YAML}")
     spec = specs[wildcards.source]
     if spec["kind"] == "manual":
-        display = f"{DATA_ROOT}/{wildcards.source}"
-        missing, lines, _ = _sources._check_expected(Path(display), spec["expected"], display)
-        if missing:
-            raise _sources.ManualDatasetMissing(
-                wildcards.source, missing,
-                _sources._missing_message(wildcards.source, spec, display, lines, len(missing)))
+        _sources.require_manual_files(wildcards.source, spec, DATA_ROOT)
     return []

@@ -992,12 +992,20 @@ def _missing_message(name: str, spec: Mapping, display: str, lines: list[str], n
     ])
 
 
-def _verify_manual(name: str, spec: dict, data_root: Path) -> Path:
-    target = data_root / name
+def require_manual_files(name: str, spec: Mapping, data_root: str | Path) -> list[dict]:
+    """Raise :class:`ManualDatasetMissing` listing every expected path of a manual dataset that is absent
+    under ``data_root/name`` (and where to request the data); returns the present entries otherwise.
+    Cheap (no checksums): the workflow calls it while planning, so a missing dataset stops ``-n`` too."""
     display = f"{data_root}/{name}"
-    missing, lines, present = _check_expected(target, spec["expected"], display)
+    missing, lines, present = _check_expected(Path(data_root) / name, spec["expected"], display)
     if missing:
         raise ManualDatasetMissing(name, missing, _missing_message(name, spec, display, lines, len(missing)))
+    return present
+
+
+def _verify_manual(name: str, spec: dict, data_root: Path) -> Path:
+    target = data_root / name
+    present = require_manual_files(name, spec, data_root)
     _verify_files(target, spec["expected"], present)
     write_json(target / MARKER_NAME, _marker(name, spec, request_url=spec["request_url"], files=present))
     log.info("%s: all %d expected entries present and verified in %s", name, len(present), target)
