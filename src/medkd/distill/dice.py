@@ -87,18 +87,12 @@ class BatchDiceLoss(LossTerm):
 
 
 @LOSSES.register("dice_bce")
-class DiceBCELoss(LossTerm):
+class DiceBCELoss(BatchDiceLoss):
     """MTMS ``DiceBCELoss``: pixel-mean binary cross-entropy plus the batch-pooled soft Dice loss.
 
     Args:
         smooth: Dice smoothing (1 in MTMS).
     """
-
-    def __init__(self, smooth: float = 1.0):
-        super().__init__()
-        if smooth < 0:
-            raise ValueError(f"smooth must be non-negative, got {smooth}")
-        self.smooth = float(smooth)
 
     def forward(self, student, teacher, batch, epoch):
         target = binary_target(student, batch["target"])
