@@ -55,8 +55,11 @@ def test_killed_training_resumes_from_last_checkpoint(tiny_workflow, tmp_path):
 
 
 def test_embedded_data_matches_committed_dvc_file(tmp_path):
-    """Generating the default embedded dataset reproduces exactly what data.dvc records."""
+    """Generating the default embedded dataset reproduces exactly what data.dvc records: on a fresh clone
+    (no DVC cache) `dvc status` reports no modification, and `dvc add data` leaves data.dvc unchanged."""
     wd = copy_repo(tmp_path / "repo")
+    assert not (wd / ".dvc" / "cache").exists()
+    committed = (wd / "data.dvc").read_text()
     cfg = yaml.safe_load((wd / "config/config.yaml").read_text())
     spec = json.dumps(cfg["datasets"]["embedded"])
     gen = run([str(VENV_BIN / "python"), "-m", "medkd", "fetch", "--dataset", "embedded", "--dataset-spec", spec,
@@ -64,6 +67,11 @@ def test_embedded_data_matches_committed_dvc_file(tmp_path):
     assert gen.returncode == 0, gen.stderr[-3000:]
     status = run([str(VENV_BIN / "dvc"), "status", "data.dvc"], wd)
     assert status.returncode == 0, status.stderr
+    assert "modified" not in status.stdout, status.stdout  # only "not in cache" on a fresh clone
+    added = run([str(VENV_BIN / "dvc"), "add", "data"], wd)
+    assert added.returncode == 0, added.stderr
+    assert (wd / "data.dvc").read_text() == committed
+    status = run([str(VENV_BIN / "dvc"), "status", "data.dvc"], wd)
     assert "up to date" in status.stdout, status.stdout
 
 

@@ -17,6 +17,8 @@ def _ignore(directory: str, names: list[str]) -> set[str]:
     skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
     if Path(directory) == REPO:
         skip |= TOP_LEVEL_SKIP & set(names)
+    if Path(directory) == REPO / ".dvc":
+        skip |= {"cache", "tmp"} & set(names)  # a fresh clone has neither
     return skip
 
 
