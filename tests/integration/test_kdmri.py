@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import shutil
 
 import h5py
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 import yaml
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from wfhelpers import REPO, copy_repo, snakemake
+from wfhelpers import REPO, run_tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -152,13 +151,7 @@ def test_latency_benchmark_reports_the_parameter_reduction():
 @pytest.fixture(scope="session")
 def kdmri_workflow(tmp_path_factory):
     """tiny_kdmri.yaml run once up to both paper tables; yields the working directory."""
-    wd = copy_repo(tmp_path_factory.mktemp("wf_kdmri") / "repo")
-    shutil.copy(wd / "tests" / "integration" / "tiny_kdmri.yaml", wd / "tiny_kdmri.yaml")
-    proc = snakemake(["--cores", "2", *TARGETS, "--configfile", "tiny_kdmri.yaml"], wd)
-    if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (wd / "results" / "logs").rglob("*.log"))
-        raise AssertionError(f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs[-12000:]}")
-    return wd
+    return run_tiny_config(tmp_path_factory.mktemp("wf_kdmri"), "tiny_kdmri.yaml", TARGETS)
 
 
 def _split(wd, exp: str) -> dict:

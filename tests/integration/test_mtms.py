@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import h5py
 import numpy as np
@@ -20,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from wfhelpers import REPO, copy_repo, snakemake
+from wfhelpers import REPO, run_tiny_config
 
 EXP = "tiny_mtms"
 KD_MODELS = ("kd_t1_s1", "kd_t1_s1_code")
@@ -135,14 +134,8 @@ def test_embedded_adapters_match_the_models_taps(embedded_experiment):
 @pytest.fixture(scope="session")
 def mtms_workflow(tmp_path_factory):
     """The tiny MTMS config through train -> infer -> evaluate -> tables -> paper table, once."""
-    wd = copy_repo(tmp_path_factory.mktemp("wf_mtms") / "repo")
-    shutil.copy(wd / "tests" / "integration" / "tiny_mtms.yaml", wd / "tiny_mtms.yaml")
     targets = [f"results/tables/{EXP}.csv", "results/tables/paper_mtms.md"]
-    proc = snakemake(["--cores", "2", *targets, "--configfile", "tiny_mtms.yaml"], wd)
-    if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (wd / "results" / "logs").rglob("*.log"))
-        raise AssertionError(f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs[-12000:]}")
-    return wd
+    return run_tiny_config(tmp_path_factory.mktemp("wf_mtms"), "tiny_mtms.yaml", targets)
 
 
 def _epochs(wd, model: str) -> list[dict]:

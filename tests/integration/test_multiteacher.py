@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import h5py
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wfhelpers import REPO, copy_repo, snakemake
+from wfhelpers import REPO, run_tiny_config
 
 EXP = "tiny_multiteacher"
 TEACHERS = ("unet", "unetr", "swin_unetr")
@@ -213,14 +212,8 @@ def test_embedded_teachformer_objective_runs_on_real_taps(embedded):
 @pytest.fixture(scope="session")
 def multiteacher_workflow(tmp_path_factory):
     """The tiny multi-teacher config through train -> infer -> evaluate -> tables -> paper table, once."""
-    wd = copy_repo(tmp_path_factory.mktemp("wf_multiteacher") / "repo")
-    shutil.copy(wd / "tests" / "integration" / "tiny_multiteacher.yaml", wd / "tiny_multiteacher.yaml")
     targets = [f"results/tables/{EXP}.csv", "results/tables/paper_teachformer.md"]
-    proc = snakemake(["--cores", "2", *targets, "--configfile", "tiny_multiteacher.yaml"], wd)
-    if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (wd / "results" / "logs").rglob("*.log"))
-        raise AssertionError(f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs[-12000:]}")
-    return wd
+    return run_tiny_config(tmp_path_factory.mktemp("wf_multiteacher"), "tiny_multiteacher.yaml", targets)
 
 
 def _model_dir(wd, model: str):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import h5py
 import numpy as np
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from wfhelpers import copy_repo, snakemake
+from wfhelpers import run_tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +25,7 @@ TARGETS = [f"results/tables/{EXP}.csv", f"results/tables/{EXP}_robustness.csv", 
 @pytest.fixture(scope="session")
 def pcd_tiny_workflow(tmp_path_factory):
     """tiny_pcd.yaml run once up to its tables, robustness table and paper table; yields the directory."""
-    wd = copy_repo(tmp_path_factory.mktemp("wf_pcd") / "repo")
-    shutil.copy(wd / "tests" / "integration" / "tiny_pcd.yaml", wd / "tiny_pcd.yaml")
-    proc = snakemake(["--cores", "2", *TARGETS, "--configfile", "tiny_pcd.yaml"], wd)
-    if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (wd / "results" / "logs").rglob("*.log"))
-        raise AssertionError(f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs[-12000:]}")
-    return wd
+    return run_tiny_config(tmp_path_factory.mktemp("wf_pcd"), "tiny_pcd.yaml", TARGETS)
 
 
 def _split(wd) -> dict:

@@ -46,3 +46,16 @@ def snakemake(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Comp
     return run([str(VENV_BIN / "snakemake"), *args], cwd, timeout)
 
 
+
+
+def run_tiny_config(tmp_root: Path, config_name: str, targets: list[str]) -> Path:
+    """Copy the repository under ``tmp_root``, run ``tests/integration/<config_name>`` up to ``targets``
+    with 2 cores, and return the working directory; on failure raise with Snakemake's stderr and the
+    tails of the job logs."""
+    wd = copy_repo(tmp_root / "repo")
+    shutil.copy(wd / "tests" / "integration" / config_name, wd / config_name)
+    proc = snakemake(["--cores", "2", *targets, "--configfile", config_name], wd)
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (wd / "results" / "logs").rglob("*.log"))
+        raise AssertionError(f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs[-12000:]}")
+    return wd
