@@ -39,6 +39,14 @@ def _as_list(x, name: str) -> list[torch.Tensor]:
     return list(x)
 
 
+def _paired(student, teacher, loss: str, what: str) -> tuple[list, list]:
+    """Student and teacher taps as two equally long, non-empty lists (ValueError otherwise)."""
+    s_list, t_list = _as_list(student, "student"), _as_list(teacher, "teacher")
+    if not s_list or len(s_list) != len(t_list):
+        raise ValueError(f"{loss} needs equally many student and teacher {what}, got {len(s_list)} and {len(t_list)}")
+    return s_list, t_list
+
+
 def attention_map(features: torch.Tensor) -> torch.Tensor:
     """Spatial attention map ``Q = sum_c F_c^2``, flattened.
 
@@ -102,11 +110,7 @@ class AttentionTransfer(LossTerm):
         self.normalise = normalise
 
     def forward(self, student, teacher, batch, epoch):
-        s_list = _as_list(student, "student")
-        t_list = _as_list(teacher, "teacher")
-        if not s_list or len(s_list) != len(t_list):
-            raise ValueError(f"attention transfer needs equally many student and teacher maps, got "
-                             f"{len(s_list)} and {len(t_list)}")
+        s_list, t_list = _paired(student, teacher, "attention transfer", "maps")
         terms = []
         for i, (s, t) in enumerate(zip(s_list, t_list)):
             if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
@@ -145,11 +149,7 @@ class ImitationL1(LossTerm):
         self.scaling = scaling
 
     def forward(self, student, teacher, batch, epoch):
-        s_list = _as_list(student, "student")
-        t_list = _as_list(teacher, "teacher")
-        if not s_list or len(s_list) != len(t_list):
-            raise ValueError(f"imitation needs equally many student and teacher outputs, got "
-                             f"{len(s_list)} and {len(t_list)}")
+        s_list, t_list = _paired(student, teacher, "imitation", "outputs")
         terms = []
         for s, t in zip(s_list, t_list):
             if s.shape != t.shape:
