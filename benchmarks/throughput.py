@@ -97,7 +97,7 @@ def main() -> None:
         from medkd.data.splits import cases_for, read_split
 
         data = load_segmentation(tmp / "s.h5", cases_for(read_split(tmp / "split.json"), "train"), [0],
-                                 spec["classes"])
+                                 {k: list(v) for k, v in spec.classes.items()})
         plain = plain_loop(model, data.tensors["image"], data.tensors["target"], args.epochs, args.batch_size, 1e-3)
     print(f"model: unet base {args.base} depth 3 ({summary['params']:,} params), {args.size}x{args.size}, "
           f"batch {args.batch_size}, {args.epochs} epochs, {summary['train_slices']} training slices, "

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from medkd import uncertainty
 from medkd.io import atomic_path
-from medkd.train import TrainInputs, forward_model, load_split_data, load_trained, resolve_device, to_device
+from medkd.datasets import load_split
+from medkd.runtime import RunSettings, forward_model, load_trained, to_device
 
 
 CACHED_SPLITS = ("train", "val")  # students train on train (or a subset of it) and validate on val
@@ -47,23 +48,20 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
 
     Returns a small summary (cases, slices, keys).
     """
-    torch.set_num_threads(threads)
-    dev = resolve_device(device)
+    dev = RunSettings(device, threads).apply()
     model, spec = load_trained(teacher_dir, dev)
-    ccfg = spec.get("cache", {})
-    keys_unc = list(ccfg.get("uncertainty", ["entropy", "confidence"]))
-    temp = float(ccfg.get("confidence_temperature", 1.0))
-    passes = int(ccfg.get("mc_passes", 10))
-    seg = spec["task"] == "segmentation"
+    keys_unc = list(spec.cache.uncertainty)
+    temp = spec.cache.confidence_temperature
+    passes = spec.cache.mc_passes
+    seg = spec.is_segmentation
     main_key = "logits" if seg else "output"
     n_slices = 0
-    inputs = TrainInputs(store=Path(store), split=Path(split_path))
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         cases_done = []
         for split_name in CACHED_SPLITS:
-            data = load_split_data(spec, inputs, split_name)
+            data = load_split(spec, store, split_path, split_name)
             runs = data.case_slices()
-            for cid in tqdm(sorted(runs), desc=f"cache {spec['model']} {split_name}", unit="case", disable=None):
+            for cid in tqdm(sorted(runs), desc=f"cache {spec.model} {split_name}", unit="case", disable=None):
                 idx = torch.as_tensor(runs[cid])
                 outs, mc = [], []
                 for start in range(0, len(idx), batch_size):
@@ -91,7 +89,7 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
                 cases_done.append(cid)
         keys = [main_key] + (keys_unc if seg else [])
         fh.attrs.update({
-            "teacher": spec["model"], "experiment": spec["experiment"], "task": spec["task"],
+            "teacher": spec.model, "experiment": spec.experiment, "task": spec.task,
             "spec_hash": json.loads((Path(teacher_dir) / "summary.json").read_text())["spec_hash"],
             "keys": json.dumps(keys), "confidence_temperature": temp,
         })

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 
-def _load_spec(args) -> dict:
-    if args.spec_file:
-        return json.loads(Path(args.spec_file).read_text())
-    return json.loads(args.spec)
+def _load_spec(args):
+    """The typed model spec of ``--spec`` / ``--spec-file`` (validated against the schema)."""
+    from medkd.spec import ModelSpec
+
+    return ModelSpec.from_json(Path(args.spec_file).read_text() if args.spec_file else args.spec)
 
 
 def _pairs(values: list[str] | None) -> dict[str, Path]:
@@ -111,7 +112,7 @@ def cmd_spec(args) -> None:
 
     cfg = load_config(args.config)
     if args.model:
-        out = model_spec(cfg, args.experiment, args.model)
+        out = model_spec(cfg, args.experiment, args.model).to_dict()
     elif args.experiment:
         out = cfg["experiments"][args.experiment]
     elif args.dataset:
@@ -123,6 +124,7 @@ def cmd_spec(args) -> None:
 
 def cmd_train(args) -> None:
     from medkd.io import read_json
+    from medkd.runtime import RunSettings
     from medkd.train import TrainInputs, train
 
     spec = _load_spec(args)
@@ -132,7 +134,7 @@ def cmd_train(args) -> None:
         teacher_summaries=_pairs(args.teacher_summary),
         data_hash=read_json(args.fingerprint)["md5"] if args.fingerprint else None,
     )
-    summary = train(spec, args.seed, inputs, args.out)
+    summary = train(spec, args.seed, inputs, args.out, RunSettings(args.device, args.threads))
     logging.getLogger("medkd").info("best %s %.4f at epoch %s", summary["select_metric"], summary["best_score"],
                                     summary["best_epoch"])
 
@@ -262,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--init-dir", help="model dir whose model.pt initialises this model")
     sp.add_argument("--teacher-summary", action="append", metavar="NAME=FILE",
                     help="summary.json of a teacher (its best validation score weights multi-teacher terms)")
+    sp.add_argument("--device", default="auto", help="run setting (not hashed): auto | cpu | cuda")
+    sp.add_argument("--threads", type=int, default=1, help="run setting (not hashed): torch threads")
 
     for name, func, help_ in (("cache", cmd_cache, "teacher logits and uncertainty maps on train+val"),
                               ("infer", cmd_infer, "predict the test split")):
@@ -326,12 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     t0 = time.perf_counter()
-    from medkd.data.sources import SourceError  # download/checksum/manual-dataset errors: clean message, exit 2
+    from medkd.errors import InputError
 
+    log = logging.getLogger("medkd")
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, SourceError) as exc:
-        logging.getLogger("medkd").error("%s failed: %s", args.command, exc)
+    except (InputError, FileNotFoundError) as exc:  # bad input: one line naming the file/key and the problem
+        log.error("%s failed: %s", args.command, exc)
+        log.debug("traceback", exc_info=True)
+        return 2
+    except ValueError as exc:  # usually bad data; the traceback goes to the job's log in case it is a bug
+        log.error("%s failed: %s", args.command, exc, exc_info=True)
         return 2
     logging.getLogger("medkd").info("%s done in %.1f s", args.command, time.perf_counter() - t0)
     return 0

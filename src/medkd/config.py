@@ -7,10 +7,12 @@ architecture, a training recipe and a weighted list of loss terms. The JSON sche
 Snakemake's ``validate`` both use it. Every object in it is closed, so a misspelt key is an error that
 names the key and where it is.
 
-Resolution turns one (experiment, model) into a *spec*: the flat, self-contained JSON document a train,
-cache or infer job needs. Snakemake passes the spec as a job parameter, so changing one model's
-hyper-parameters changes only that model's spec and re-runs only that model's chain. The spec's hash
-(:func:`spec_hash`) names the checkpoint a resumed job may continue from.
+Resolution turns one (experiment, model) into a typed :class:`medkd.spec.ModelSpec`: the frozen,
+self-contained description a train, cache or infer job needs. Snakemake passes its JSON as a job
+parameter, so changing one model's hyper-parameters changes only that model's spec and re-runs only
+that model's chain. The spec's hash (:func:`spec_hash`) names the checkpoint a resumed job may continue
+from. Run settings (``device``, ``threads``) stay in the config, reach jobs on the command line and are
+never part of a spec.
 
 This module imports neither torch nor Snakemake: the Snakefile imports it too.
 """
@@ -18,19 +20,20 @@ This module imports neither torch nor Snakemake: the Snakefile imports it too.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Iterable
 
 import jsonschema
 import yaml
+
+from medkd.errors import InputError
+
+from medkd.spec import ModelSpec, canonical_json, spec_hash  # noqa: F401  (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that does not follow the schema or refers to something that does not exist."""
 
 
@@ -48,7 +51,8 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
+Validator = _with_defaults(jsonschema.Draft202012Validator)
+"""Draft 2020-12 validator that fills the schema's defaults into the instance it validates."""
 
 
 def load_schema() -> dict:
@@ -93,7 +97,7 @@ def _merge_includes(cfg: dict, root: Path, seen: tuple = ()) -> dict:
     return out
 
 
-def _format_error(err: jsonschema.ValidationError, source: str) -> str:
+def format_error(err: jsonschema.ValidationError, source: str) -> str:
     where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
     return f"{source}: invalid config at '{where}': {err.message}"
 
@@ -106,10 +110,10 @@ def validate(cfg: dict, source: str = "config") -> dict:
             broken reference (unknown dataset, teacher, split subset, init model).
     """
     cfg = copy.deepcopy(cfg)
-    validator = _Validator(load_schema())
+    validator = Validator(load_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
-        raise ConfigError(_format_error(jsonschema.exceptions.best_match(errors), source))
+        raise ConfigError(format_error(jsonschema.exceptions.best_match(errors), source))
     _check_references(cfg, source)
     return cfg
 
@@ -199,56 +203,16 @@ def experiment_seeds(cfg: dict, exp: str) -> list[int]:
     return list(cfg["experiments"][exp].get("seeds") or cfg["seeds"])
 
 
-def teacher_taps(model: dict) -> dict[str, set[str]]:
-    """teacher name -> the taps the model's loss terms read from it (``cache:*`` or module paths)."""
-    taps: dict[str, set[str]] = {}
-    for term in model["losses"]:
-        for teacher in _as_list(term.get("teacher")):
-            taps.setdefault(teacher, set()).update(_as_list(term["teacher_tap"]))
-    return taps
-
-
-def cached_teachers(model: dict) -> list[str]:
-    """Teachers whose cached outputs (``cache:*`` taps) a model reads."""
-    return sorted(t for t, taps in teacher_taps(model).items() if any(x.startswith("cache:") for x in taps))
-
-
-def online_teachers(model: dict) -> list[str]:
-    """Teachers that must be run during training (their taps are module paths or outputs)."""
-    return sorted(t for t, taps in teacher_taps(model).items() if any(not x.startswith("cache:") for x in taps))
-
-
-def model_spec(cfg: dict, exp: str, model: str) -> dict:
-    """The self-contained spec of one model of one experiment (everything a job needs but paths)."""
+def model_spec(cfg: dict, exp: str, model: str) -> ModelSpec:
+    """The typed, self-contained spec of one model of one experiment (everything a job needs but run
+    settings and paths)."""
     e = cfg["experiments"][exp]
-    m = copy.deepcopy(e["models"][model])
-    return {
+    return ModelSpec.from_dict({
         "experiment": exp,
         "model": model,
         "dataset": e["dataset"],
         "task": e["task"],
         "channels": list(e["channels"]),
         "classes": copy.deepcopy(e.get("classes", {})),
-        "device": cfg["device"],
-        "threads": cfg["threads"],
-        **m,
-    }
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def spec_hash(spec: dict) -> str:
-    """First 12 hex digits of the SHA-256 of the spec's canonical JSON."""
-    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:12]
-
-
-def config_hash(cfg: dict) -> str:
-    return spec_hash(cfg)
-
-
-def iter_models(cfg: dict) -> Iterable[tuple[str, str, dict]]:
-    for exp_name, exp in cfg["experiments"].items():
-        for model_name, model in exp["models"].items():
-            yield exp_name, model_name, model
+        **copy.deepcopy(e["models"][model]),
+    })

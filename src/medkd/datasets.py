@@ -9,6 +9,9 @@ Batch keys (see :mod:`medkd.distill`): ``image`` (B, C, H, W) float32; ``target`
 indices (segmentation) or (B, 1, H, W) float32 (reconstruction); ``kspace`` (B, H, W) complex64 and
 ``mask`` (B, H, W) float32 (undersampled reconstruction); ``cache`` {teacher: {key: tensor}};
 ``index`` (B,) int64 positions in the split.
+
+With ``numpy=True`` the loaders return numpy arrays instead of tensors (same keys, shapes and dtypes
+int64/float32), for stages that only compare arrays.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
+
+# torch is imported where tensors are made, so that numpy-only readers (the evaluate stage) do not pay
+# its start-up cost.
 
 
 def class_lookup(classes: dict[str, list[int]]) -> np.ndarray:
@@ -48,7 +53,7 @@ def map_labels(label: np.ndarray, classes: dict[str, list[int]], where: str = ""
 class SliceData:
     """The slices of a list of cases, stacked. ``case_ids[i]``/``slice_ids[i]`` locate slice i."""
 
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, "torch.Tensor | np.ndarray"]
     case_ids: list[str]
     slice_ids: list[int]
     spacing: dict[str, tuple] = field(default_factory=dict)
@@ -71,7 +76,8 @@ class SliceData:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def load_segmentation(store_path: str | Path, cases: list[str], channels: list[int], classes: dict) -> SliceData:
+def load_segmentation(store_path: str | Path, cases: list[str], channels: list[int], classes: dict,
+                      numpy: bool = False) -> SliceData:
     """Slices of ``cases`` from a slice store: ``image`` (N, len(channels), H, W), ``target`` (N, H, W)."""
     from medkd.data.store import SliceStore
 
@@ -92,18 +98,22 @@ def load_segmentation(store_path: str | Path, cases: list[str], channels: list[i
             case_ids += [cid] * case.image.shape[0]
             slice_ids += list(range(case.image.shape[0]))
             spacing[cid] = tuple(case.spacing)
+    arrays = {"image": np.concatenate(images).astype(np.float32), "target": np.concatenate(targets).astype(np.int64)}
     return SliceData(
-        tensors={
-            "image": torch.from_numpy(np.concatenate(images)).float(),
-            "target": torch.from_numpy(np.concatenate(targets)).long(),
-        },
+        tensors=arrays if numpy else _as_tensors(arrays),
         case_ids=case_ids,
         slice_ids=slice_ids,
         spacing=spacing,
     )
 
 
-def load_reconstruction(kspace_path: str | Path, cases: list[str]) -> SliceData:
+def _as_tensors(arrays: dict[str, np.ndarray]) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def load_reconstruction(kspace_path: str | Path, cases: list[str], numpy: bool = False) -> SliceData:
     """Slices of ``cases`` from a k-space store: ``image``/``target`` (N, 1, H, W); ``kspace``/``mask``
     (N, H, W) for undersampling stores (absent for super-resolution stores)."""
     from medkd.data.kspace import KspaceStore
@@ -125,11 +135,11 @@ def load_reconstruction(kspace_path: str | Path, cases: list[str]) -> SliceData:
             case_ids += [cid] * n
             slice_ids += list(range(n))
             spacing[cid] = tuple(case.get("spacing", (1.0, 1.0, 1.0)))
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(np.concatenate(v))) for k, v in parts.items()}
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
     for k in ("image", "target", "mask"):
-        if k in tensors:
-            tensors[k] = tensors[k].float()
-    return SliceData(tensors=tensors, case_ids=case_ids, slice_ids=slice_ids, spacing=spacing)
+        if k in arrays:
+            arrays[k] = arrays[k].astype(np.float32)
+    return SliceData(tensors=arrays if numpy else _as_tensors(arrays), case_ids=case_ids, slice_ids=slice_ids, spacing=spacing)
 
 
 def attach_cache(data: SliceData, teacher: str, cache_path: str | Path, keys: list[str]) -> None:
@@ -139,6 +149,7 @@ def attach_cache(data: SliceData, teacher: str, cache_path: str | Path, keys: li
         ValueError: a case of ``data`` that the cache does not cover, or a missing key.
     """
     import h5py
+    import torch
 
     per_key: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     with h5py.File(cache_path, "r") as fh:
@@ -162,3 +173,15 @@ def _case_runs(data: SliceData):
             runs.append((cid, []))
         runs[-1][1].append(i)
     return runs
+
+
+def load_split(spec, store: str | Path, split_path: str | Path, split_name: str, numpy: bool = False) -> SliceData:
+    """The slices of split (or subset) ``split_name`` of the split file, for a :class:`ModelSpec`:
+    labels mapped to the spec's classes (segmentation) or k-space inputs (reconstruction)."""
+    from medkd.data.splits import cases_for, read_split
+
+    cases = cases_for(read_split(split_path), split_name)
+    if spec.is_segmentation:
+        return load_segmentation(store, cases, list(spec.channels),
+                                 {k: list(v) for k, v in spec.classes.items()}, numpy=numpy)
+    return load_reconstruction(store, cases, numpy=numpy)

@@ -31,7 +31,8 @@ import numpy as np
 
 from medkd import metrics
 from medkd.io import atomic_path, read_json
-from medkd.train import TrainInputs, load_split_data
+from medkd.datasets import load_split
+from medkd.spec import ModelSpec
 
 COLUMNS = ["experiment", "model", "seed", "case", "class", "metric", "convention", "value"]
 
@@ -54,20 +55,20 @@ def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, 
     code thresholds raw logits at 0.5 (p > 0.622) instead of 0 (p > 0.5).
     """
     attrs, preds, logits = _predictions(predictions)
-    spec = read_json(Path(model_dir) / "config.json")["spec"]
-    seed = read_json(Path(model_dir) / "config.json")["seed"]
-    data = load_split_data(spec, TrainInputs(store=Path(store), split=Path(split_path)), attrs["split"])
+    run_cfg = read_json(Path(model_dir) / "config.json")
+    spec, seed = ModelSpec.from_dict(run_cfg["spec"]), run_cfg["seed"]
+    data = load_split(spec, store, split_path, attrs["split"], numpy=True)
     runs = data.case_slices()
     if sorted(runs) != sorted(preds):
         raise ValueError(f"{predictions}: cases {sorted(preds)} do not match the {attrs['split']} split {sorted(runs)}")
-    base = {"experiment": spec["experiment"], "model": spec["model"], "seed": seed}
+    base = {"experiment": spec.experiment, "model": spec.model, "seed": seed}
     rows: list[dict] = []
-    if spec["task"] == "segmentation":
-        classes = {name: i for i, name in enumerate(spec["classes"]) if i > 0}
-        class_index = {name: i for i, name in enumerate(spec["classes"])}
+    if spec.is_segmentation:
+        classes = {name: i for i, name in enumerate(spec.classes) if i > 0}
+        class_index = {name: i for i, name in enumerate(spec.classes)}
         pooled_pairs = []
         for cid in sorted(runs):
-            ref = data.tensors["target"][runs[cid]].numpy()
+            ref = data.tensors["target"][runs[cid]]
             pred = preds[cid].astype(np.int64)
             if pred.shape != ref.shape:
                 raise ValueError(f"{predictions}: case {cid} prediction {pred.shape} vs reference {ref.shape}")
@@ -98,7 +99,7 @@ def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, 
                                  "convention": "mtms_pooled", "value": pooled[m]})
     else:
         for cid in sorted(runs):
-            gt = data.tensors["target"][runs[cid]][:, 0].numpy()
+            gt = data.tensors["target"][runs[cid]][:, 0]
             for r in metrics.reconstruction_case_metrics(gt, preds[cid].astype(np.float64)):
                 rows.append({**base, "case": cid, "class": "image", "convention": "engine", **r})
     rows.append({**base, "case": "ALL", "class": "-", "metric": "latency_ms_per_slice", "convention": "cost",

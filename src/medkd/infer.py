@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from medkd.io import atomic_path
 from medkd.models import count_parameters
-from medkd.train import TrainInputs, forward_model, load_split_data, load_trained, resolve_device, to_device
+from medkd.datasets import load_split
+from medkd.runtime import RunSettings, forward_model, load_trained, to_device
 
 
 def to_labels(output: torch.Tensor) -> torch.Tensor:
@@ -47,15 +48,14 @@ def measure_latency(model, batch: dict, repeats: int = 5) -> float:
 def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, out_path: str | Path,
             split_name: str = "test", batch_size: int = 16, device: str = "auto", threads: int = 1) -> dict:
     """Predict every slice of ``split_name``'s cases with the best checkpoint and write ``out_path``."""
-    torch.set_num_threads(threads)
-    dev = resolve_device(device)
+    dev = RunSettings(device, threads).apply()
     model, spec = load_trained(model_dir, dev)
-    data = load_split_data(spec, TrainInputs(store=Path(store), split=Path(split_path)), split_name)
-    seg = spec["task"] == "segmentation"
+    data = load_split(spec, store, split_path, split_name)
+    seg = spec.is_segmentation
     runs = data.case_slices()
     latency = None
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
-        for cid in tqdm(sorted(runs), desc=f"infer {spec['model']}", unit="case", disable=None):
+        for cid in tqdm(sorted(runs), desc=f"infer {spec.model}", unit="case", disable=None):
             idx = torch.as_tensor(runs[cid])
             preds, logits = [], []
             for start in range(0, len(idx), batch_size):
@@ -75,7 +75,7 @@ def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, ou
             if logits:
                 grp.create_dataset("logit", data=torch.cat(logits).numpy().astype(np.float32))
         fh.attrs.update({
-            "experiment": spec["experiment"], "model": spec["model"], "task": spec["task"],
+            "experiment": spec.experiment, "model": spec.model, "task": spec.task,
             "split": split_name, "latency_ms_per_slice": float(latency or 0.0), "device": str(dev),
             "params": count_parameters(model),
         })

@@ -11,6 +11,15 @@ import importlib
 import pkgutil
 from typing import Callable, Dict, Type
 
+from medkd.errors import InputError
+
+
+class UnknownNameError(InputError, KeyError):
+    """A config names a model or loss that no module registers."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
 
 class Registry:
     """A named mapping of config names to classes.
@@ -49,13 +58,13 @@ class Registry:
         self._discovered = True
 
     def get(self, name: str) -> Type:
-        """The class registered as ``name``; a KeyError lists the known names otherwise."""
+        """The class registered as ``name``; an :class:`UnknownNameError` (a KeyError) lists the known names otherwise."""
         self.discover()
         try:
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items))
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
         self.discover()

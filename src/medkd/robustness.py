@@ -26,7 +26,8 @@ from medkd import metrics
 from medkd.data.corrupt import corrupt
 from medkd.infer import to_labels
 from medkd.io import atomic_path
-from medkd.train import TrainInputs, forward_model, load_split_data, load_trained, resolve_device, to_device
+from medkd.datasets import load_split
+from medkd.runtime import RunSettings, forward_model, load_trained, to_device
 
 COLUMNS = ["experiment", "model", "seed", "case", "class", "metric", "corruption", "severity", "value"]
 METRICS = {"dice": metrics.dice, "iou": metrics.iou}
@@ -47,22 +48,21 @@ def evaluate_robustness(model_dir: str | Path, store: str | Path, split_path: st
     """Score one model on clean and corrupted test slices; returns the number of rows written."""
     if metric not in METRICS:
         raise ValueError(f"robustness metric {metric!r} not in {sorted(METRICS)}")
-    torch.set_num_threads(threads)
-    dev = resolve_device(device)
+    dev = RunSettings(device, threads).apply()
     model, spec = load_trained(model_dir, dev)
-    if spec["task"] != "segmentation":
+    if not spec.is_segmentation:
         raise ValueError(f"{model_dir}: the robustness suite scores segmentation models only")
     from medkd.io import read_json
 
     run_seed = read_json(Path(model_dir) / "config.json")["seed"]
-    data = load_split_data(spec, TrainInputs(store=Path(store), split=Path(split_path)), "test")
+    data = load_split(spec, store, split_path, "test")
     runs = data.case_slices()
-    classes = {name: i for i, name in enumerate(spec["classes"]) if i > 0}
+    classes = {name: i for i, name in enumerate(spec.classes) if i > 0}
     score = METRICS[metric]
-    base = {"experiment": spec["experiment"], "model": spec["model"], "seed": run_seed, "metric": metric}
+    base = {"experiment": spec.experiment, "model": spec.model, "seed": run_seed, "metric": metric}
     rows = []
     settings = [("none", 0)] + [(c, s) for c in corruptions for s in severities]
-    for name, severity in tqdm(settings, desc=f"robustness {spec['model']}", unit="setting", disable=None):
+    for name, severity in tqdm(settings, desc=f"robustness {spec.model}", unit="setting", disable=None):
         for cid in sorted(runs):
             idx = runs[cid]
             clean = data.tensors["image"][idx].numpy()

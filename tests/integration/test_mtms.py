@@ -95,7 +95,8 @@ def test_embedded_adapters_match_the_models_taps(embedded_experiment):
     """Every KD objective of the embedded config runs on real taps of its student and teacher (64x64)."""
     from medkd.config import model_spec
     from medkd.distill.taps import TapRecorder
-    from medkd.train import Objective, build_from_spec
+    from medkd.objective import Objective
+    from medkd.runtime import build_from_spec
 
     cfg = {"experiments": {"mtms_wm": embedded_experiment}, "device": "cpu", "threads": 1}
     torch.manual_seed(0)
@@ -110,22 +111,22 @@ def test_embedded_adapters_match_the_models_taps(embedded_experiment):
         built[name] = (recorder, out)
     for name in VARIANTS:
         spec = model_spec(cfg, "mtms_wm", name)
-        objective = Objective(spec["losses"])
-        for term_cfg, term in zip(spec["losses"][1:], list(objective.terms)[1:]):
-            if term_cfg["loss"] != "infonce":
+        objective = Objective(spec.losses)
+        for term_cfg, term in zip(spec.losses[1:], list(objective.terms)[1:]):
+            if term_cfg.loss != "infonce":
                 continue
-            s_rec, s_out = built[spec["arch"][-2:]]
-            t_rec, t_out = built[term_cfg["teacher"]]
-            student = s_rec.get(term_cfg["student_tap"], s_out)
-            teacher = t_rec.get(term_cfg["teacher_tap"], t_out)
-            assert student.shape[1] == term_cfg["kwargs"]["student_channels"], (name, term_cfg)
-            assert teacher.shape[1] == term_cfg["kwargs"]["teacher_channels"], (name, term_cfg)
+            s_rec, s_out = built[spec.arch[-2:]]
+            t_rec, t_out = built[term_cfg.teacher]
+            student = s_rec.get(term_cfg.student_tap, s_out)
+            teacher = t_rec.get(term_cfg.teacher_tap, t_out)
+            assert student.shape[1] == term_cfg.kwargs["student_channels"], (name, term_cfg)
+            assert teacher.shape[1] == term_cfg.kwargs["teacher_channels"], (name, term_cfg)
             value = term(student, teacher, batch, 0)
             assert torch.isfinite(value) and value > 0
-        s_rec, s_out = built[spec["arch"][-2:]]
-        t_rec, t_out = built[spec["teachers"][0]]
-        total, parts = objective(s_out, s_rec, {spec["teachers"][0]: (t_rec, t_out)}, batch, 0)
-        assert torch.isfinite(total) and len(parts) == len(spec["losses"])
+        s_rec, s_out = built[spec.arch[-2:]]
+        t_rec, t_out = built[spec.teachers[0]]
+        total, parts = objective(s_out, s_rec, {spec.teachers[0]: (t_rec, t_out)}, batch, 0)
+        assert torch.isfinite(total) and len(parts) == len(spec.losses)
 
 
 # ------------------------------------------------------------------------------ tiny end to end (slow)
@@ -156,7 +157,7 @@ def _n_slices(wd, cases: list[str]) -> int:
 
 @pytest.mark.slow
 def test_teacher_trains_both_heads(mtms_workflow):
-    from medkd.train import load_trained
+    from medkd.runtime import load_trained
 
     wd = mtms_workflow
     model, spec = load_trained(wd / f"results/{EXP}/models/t1/seed0")

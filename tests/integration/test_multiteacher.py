@@ -94,7 +94,7 @@ def test_paper_counts_of_the_layout_formula():
 def test_embedded_brats_config_follows_the_brief(embedded):
     from medkd.config import model_spec
     from medkd.models import count_parameters
-    from medkd.train import build_from_spec
+    from medkd.runtime import build_from_spec
 
     e = embedded["experiments"]["brats_kd"]
     assert e["channels"] == [0, 1] and e["task"] == "segmentation"
@@ -135,9 +135,9 @@ def test_embedded_brats_config_follows_the_brief(embedded):
 
 
 def test_embedded_teachformer_config_follows_the_brief(embedded):
-    from medkd.config import model_spec, online_teachers
+    from medkd.config import model_spec
     from medkd.models import count_parameters
-    from medkd.train import build_from_spec
+    from medkd.runtime import build_from_spec
 
     e = embedded["experiments"]["teachformer"]
     assert e["channels"] == [0, 1] and e["classes"] == {"background": [0, 1, 2, 3], "lesion": [4]}
@@ -157,8 +157,8 @@ def test_embedded_teachformer_config_follows_the_brief(embedded):
     assert [t["teacher"] for t in att] == teachers  # one attention term per teacher
     assert all(t["student_tap"] == ["coarse_map", "fine_map"] for t in att)
     assert sum(t["weight"] for t in att) == pytest.approx(0.5)
-    assert online_teachers(kd) == sorted(teachers)
     cfg = {"experiments": {"teachformer": e}, "device": "cpu", "threads": 1}
+    assert model_spec(cfg, "teachformer", "student_kd").online_teachers() == sorted(teachers)
     params = {n: count_parameters(build_from_spec(model_spec(cfg, "teachformer", n))) for n in m}
     for t in teachers:
         assert 5 <= params[t] / params["student_kd"] <= 10  # "5-10x fewer parameters"
@@ -167,39 +167,40 @@ def test_embedded_teachformer_config_follows_the_brief(embedded):
 def test_embedded_teachformer_objective_runs_on_real_taps(embedded):
     """The KD objective on the models' real taps at 64x64: maps pair coarse with coarse and fine with fine
     (the teacher map at the student's resolution or finer), and every term gives the student a gradient."""
-    from medkd.config import model_spec, teacher_taps
+    from medkd.config import model_spec
     from medkd.distill.taps import TapRecorder
     from medkd.models.transformer_unets import count_flops
-    from medkd.train import Objective, build_from_spec
+    from medkd.objective import Objective
+    from medkd.runtime import build_from_spec
 
     cfg = {"experiments": {"teachformer": embedded["experiments"]["teachformer"]}, "device": "cpu", "threads": 1}
     spec = model_spec(cfg, "teachformer", "student_kd")
     torch.manual_seed(0)
     batch = {"image": torch.randn(2, 2, 64, 64), "target": (torch.rand(2, 64, 64) > 0.98).long()}
     student = build_from_spec(spec)
-    objective = Objective(spec["losses"])
+    objective = Objective(spec.losses)
     s_rec = TapRecorder(student, objective.student_taps())
     t_out, flops = {}, {}
-    for name in spec["teachers"]:
+    for name in spec.teachers:
         teacher = build_from_spec(model_spec(cfg, "teachformer", name)).eval()
         flops[name] = count_flops(teacher, (1, 2, 64, 64))
-        rec = TapRecorder(teacher, sorted(teacher_taps(spec)[name]))
+        rec = TapRecorder(teacher, sorted(spec.teacher_taps()[name]))
         with torch.no_grad():
             t_out[name] = (rec, teacher(batch["image"]))
     out = student(batch["image"])
     coarse, fine = s_rec.features["coarse_map"], s_rec.features["fine_map"]
     assert coarse.shape[-1] == 4 and fine.shape[-1] == 16  # E_n at 64 / (4 * 4), D_{n-1} at 64 / 4
-    for term in spec["losses"][2:]:
-        rec, _ = t_out[term["teacher"]]
-        t_coarse, t_fine = (rec.features[t] for t in term["teacher_tap"])
+    for term in spec.losses[2:]:
+        rec, _ = t_out[term.teacher]
+        t_coarse, t_fine = (rec.features[t] for t in term.teacher_tap)
         assert t_coarse.shape[-1] >= coarse.shape[-1] and t_fine.shape[-1] >= fine.shape[-1]
         assert t_coarse.shape[-1] < t_fine.shape[-1]
     total, parts = objective(out, s_rec, t_out, batch, 0)
     assert list(parts) == ["0:cross_entropy", "1:multi_teacher_kl", "2:attention_similarity", "3:attention_similarity"]
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in parts.values())
-    for term_cfg in spec["losses"][1:]:  # each distillation term alone reaches the student's first layer
+    for term_cfg in spec.losses[1:]:  # each distillation term alone reaches the student's first layer
         student.zero_grad()
-        value, _ = Objective([term_cfg])(student(batch["image"]), s_rec, t_out, batch, 0)
+        value, _ = Objective((term_cfg,))(student(batch["image"]), s_rec, t_out, batch, 0)
         value.backward()
         assert student.patch_embed.weight.grad.abs().sum() > 0, term_cfg
     s_rec.remove()
@@ -265,10 +266,12 @@ def _validation_loss(wd, teacher_weights: list[float]) -> float:
     + 0.25 sum_teachers mean_pairs ||a_s - a_t||_2 (a = flattened, L2-normalised mean_c F^2, the teacher map
     bilinearly resized to the student's), batched and slice-weighted as the engine validates."""
     from medkd.distill.taps import TapRecorder
-    from medkd.train import TrainInputs, build_from_spec, load_split_data, load_trained
+    from medkd.datasets import load_split
+    from medkd.runtime import build_from_spec, load_trained
+    from medkd.spec import ModelSpec
 
     config = json.loads((_model_dir(wd, "student_kd") / "config.json").read_text())
-    spec = config["spec"]
+    spec = ModelSpec.from_dict(config["spec"])
     student = build_from_spec(spec)
     student.load_state_dict(torch.load(_model_dir(wd, "student_kd") / "last.pt", weights_only=True)["model"])
     student.eval()
@@ -277,8 +280,7 @@ def _validation_loss(wd, teacher_weights: list[float]) -> float:
     for t in TEACHERS:
         model, _ = load_trained(_model_dir(wd, t))
         teachers[t] = (model, TapRecorder(model, TEACHER_TAPS[t]))
-    data = load_split_data(spec, TrainInputs(store=wd / "results/slices/embedded.h5",
-                                             split=wd / f"results/splits/{EXP}.json"), "val")
+    data = load_split(spec, wd / "results/slices/embedded.h5", wd / f"results/splits/{EXP}.json", "val")
 
     def attention(f: torch.Tensor, size) -> torch.Tensor:
         a = f.float().pow(2).mean(1, keepdim=True)
@@ -287,7 +289,7 @@ def _validation_loss(wd, teacher_weights: list[float]) -> float:
         a = a.flatten(1)
         return a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    total, n, bs, temp = 0.0, len(data), spec["train"]["batch_size"], 4.0
+    total, n, bs, temp = 0.0, len(data), spec.train.batch_size, 4.0
     with torch.no_grad():
         for start in range(0, n, bs):
             batch = data.batch(torch.arange(start, min(start + bs, n)))
@@ -356,7 +358,7 @@ def test_region_metrics_are_unions_of_classes(multiteacher_workflow):
 def test_tables_give_params_and_flops_of_every_model(multiteacher_workflow):
     from medkd.models import count_parameters
     from medkd.models.transformer_unets import count_flops
-    from medkd.train import load_trained
+    from medkd.runtime import load_trained
 
     wd = multiteacher_workflow
     table = pd.read_csv(wd / f"results/tables/{EXP}.csv")

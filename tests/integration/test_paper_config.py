@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from medkd.config import cached_teachers, experiment_seeds, load_config, online_teachers, teacher_taps
+from medkd.config import experiment_seeds, load_config
 from medkd.data.sources import load_datasets_yaml
-from wfhelpers import REPO, copy_repo, run, snakemake
+from wfhelpers import REPO, copy_repo, planned_jobs, run, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,8 @@ def test_models_losses_and_taps_build(paper_cfg):
     import medkd.distill  # noqa: F401  (registers the losses)
     from medkd.distill import LOSSES
     from medkd.models import count_parameters
-    from medkd.train import resolve_teacher_weights
+    from medkd.config import model_spec
+    from medkd.distill import LossContext
 
     checked = set()
     for exp_name, exp in paper_cfg["experiments"].items():
@@ -122,19 +123,19 @@ def test_models_losses_and_taps_build(paper_cfg):
                 checked.add(m["arch"])
         for name, m in exp["models"].items():
             modules = dict(built[name].named_modules())
-            # `weights: val_score` is resolved from the teachers' validation scores at train time
-            terms = resolve_teacher_weights(m["losses"], {t: 0.5 for t in m["teachers"]})
-            for term in terms:
-                LOSSES.get(term["loss"])(**term["kwargs"])
-                taps = term["student_tap"] if isinstance(term["student_tap"], list) else [term["student_tap"]]
-                for tap in taps:
+            spec = model_spec(paper_cfg, exp_name, name)
+            # `weights: val_score` is resolved by the loss's setup hook from the teachers' summaries
+            summaries = {t: {"best_val": {"val_dice": 0.5}} for t in spec.teachers}
+            for term in spec.losses:
+                LOSSES.get(term.loss)(**dict(term.kwargs)).setup(LossContext(term, summaries))
+                for tap in term.student_taps:
                     assert tap == "out" or tap.startswith("out:") or tap in modules, (exp_name, name, tap)
-            for teacher, taps in teacher_taps(m).items():
+            for teacher, taps in spec.teacher_taps().items():
                 tmods = dict(built[teacher].named_modules())
                 for tap in taps:
                     assert tap.startswith(("cache:", "out")) or tap in tmods, (exp_name, name, teacher, tap)
             if m["train"]["val_split"] not in ("val",):  # a cached teacher only covers train + val
-                assert not cached_teachers(m), (exp_name, name)
+                assert not spec.cached_teachers(), (exp_name, name)
     assert set(PAPER_PARAMS) - {"identity"} <= checked
 
 
@@ -159,15 +160,6 @@ def _placeholders(base: Path, expected: list[dict]) -> None:
             target.touch()
 
 
-def planned_jobs(stdout: str) -> dict[str, int]:
-    m = re.search(r"Job stats:\n(.*?)\n\n", stdout, re.S)
-    assert m, stdout[-3000:]
-    jobs = {}
-    for line in m.group(1).splitlines()[2:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 @pytest.fixture(scope="module")

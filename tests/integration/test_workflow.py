@@ -9,22 +9,11 @@ import sqlite3
 import pandas as pd
 import yaml
 
-from wfhelpers import snakemake
+from wfhelpers import planned_jobs, snakemake
 
 pytestmark = __import__("pytest").mark.slow
 
 
-def planned_jobs(stdout: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table of a dry run into {rule: count}."""
-    jobs = {}
-    m = re.search(r"Job stats:\n(.*?)\n\n", stdout, re.S)
-    if not m:
-        return jobs
-    for line in m.group(1).splitlines()[2:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 def test_tables_and_tracking(tiny_workflow):
@@ -75,3 +64,38 @@ def test_changing_one_student_reruns_only_its_chain(tiny_workflow):
     jobs = planned_jobs(proc.stdout)
     assert jobs == {"train": 1, "infer": 1, "evaluate": 1, "tables": 1, "track": 1, "collect": 1}, jobs
     assert "student_kd" in proc.stdout and "models/teacher/seed0/model.pt" not in proc.stdout.split("Job stats")[0]
+
+
+def _plan_after_editing(wd, rel_path: str) -> dict[str, int]:
+    """Append a comment to a source file of the run's copy, dry-run, restore the file; the planned jobs."""
+    path = wd / rel_path
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# edited by the test\n")
+        proc = snakemake(["-n", "results/tables/all.csv", "--configfile", "tiny.yaml"], wd)
+    finally:
+        path.write_bytes(original)
+    assert proc.returncode == 0, proc.stderr
+    return planned_jobs(proc.stdout), proc.stdout
+
+
+def test_editing_a_loss_reruns_exactly_the_students_using_it(tiny_workflow):
+    """kl_div lives in distill/hinton.py; only student_kd uses it: its chain re-runs, nothing else."""
+    jobs, out = _plan_after_editing(tiny_workflow, "src/medkd/distill/hinton.py")
+    assert jobs == {"train": 1, "infer": 1, "evaluate": 1, "tables": 1, "track": 1, "collect": 1}, jobs
+    assert "models/student_kd/seed0/model.pt" in out and "models/teacher/seed0/model.pt" not in out.split("Job stats")[0]
+
+
+def test_editing_the_engine_reruns_every_training_job_and_what_follows(tiny_workflow):
+    jobs, _ = _plan_after_editing(tiny_workflow, "src/medkd/train.py")
+    assert jobs == {"train": 3, "cache": 1, "infer": 3, "evaluate": 3, "tables": 1, "track": 1, "collect": 1}, jobs
+
+
+def test_editing_the_report_reruns_only_tables_and_later(tiny_workflow):
+    jobs, _ = _plan_after_editing(tiny_workflow, "src/medkd/report.py")
+    assert jobs == {"tables": 1, "track": 1, "collect": 1}, jobs
+
+
+def test_editing_a_metric_reruns_evaluation_not_training(tiny_workflow):
+    jobs, _ = _plan_after_editing(tiny_workflow, "src/medkd/metrics.py")
+    assert jobs == {"evaluate": 3, "tables": 1, "track": 1, "collect": 1}, jobs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,3 +60,16 @@ def run_tiny_config(tmp_root: Path, config_name: str, targets: list[str]) -> Pat
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (wd / "results" / "logs").rglob("*.log"))
         raise AssertionError(f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs[-12000:]}")
     return wd
+
+
+def planned_jobs(stdout: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table of a dry run into {rule: count} (empty: nothing to do)."""
+    jobs = {}
+    m = re.search(r"Job stats:\n(.*?)\n\n", stdout, re.S)
+    if not m:
+        return jobs
+    for line in m.group(1).splitlines()[2:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            jobs[parts[0]] = int(parts[1])
+    return jobs

@@ -10,6 +10,7 @@ rule cache:
     output:
         cache="results/{exp}/cache/{model}/seed{seed}.h5",
     params:
+        code=model_code("cache"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         device=CFG["device"],
     threads: CFG["threads"]

@@ -5,16 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from medkd.config import (  # noqa: E402
-    canonical_json,
-    cached_teachers,
-    experiment_seeds,
-    load_config,
-    model_spec,
-    online_teachers,
-)
+from functools import lru_cache  # noqa: E402
+
+from medkd.codehash import code_hash  # noqa: E402
+from medkd.config import canonical_json, experiment_seeds, load_config, model_spec as _model_spec  # noqa: E402
 
 CFG = load_config(config)
+CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
 DATA_ROOT = CFG["data_root"]
 
 
@@ -49,8 +46,36 @@ def store_path(exp):
     return f"results/kspace/{e['dataset']}/{e['kspace']['name']}.h5"
 
 
+@lru_cache(maxsize=None)
+def model_spec(cfg_id, exp, model):
+    """The typed spec of one model (cached: the Snakefile asks for it once per job and param)."""
+    return _model_spec(CFG, exp, model)
+
+
+def code(step):
+    """Param ``code``: hash of the source files ``medkd <step>`` runs (medkd.codehash); editing them
+    re-runs the rule's jobs."""
+    return code_hash(step)
+
+
+def model_code(step):
+    """Param ``code`` of a per-model rule: the step's files plus the model's architecture module and,
+    for training, its loss modules and the architectures of teachers it runs online."""
+
+    def params(wildcards):
+        spec = model_spec(CFG_ID, wildcards.exp, wildcards.model)
+        archs = [spec.arch]
+        losses = []
+        if step == "train":
+            archs += [model_spec(CFG_ID, wildcards.exp, t).arch for t in spec.online_teachers()]
+            losses = [t.loss for t in spec.losses]
+        return code_hash(step, model=archs, loss=losses)
+
+    return params
+
+
 def spec_json(wildcards):
-    return canonical_json(model_spec(CFG, wildcards.exp, wildcards.model))
+    return model_spec(CFG_ID, wildcards.exp, wildcards.model).to_json()
 
 
 def all_runs(exp):
@@ -60,13 +85,14 @@ def all_runs(exp):
 
 def train_inputs(wildcards):
     m = model_cfg(wildcards.exp, wildcards.model)
+    spec = model_spec(CFG_ID, wildcards.exp, wildcards.model)
     exp, seed = wildcards.exp, wildcards.seed
     inputs = {
         "store": store_path(exp),
         "split": f"results/splits/{exp}.json",
         "fingerprint": f"results/slices/{exp_dataset(exp)}.json",
     }
-    for t in cached_teachers(m):
+    for t in spec.cached_teachers():
         inputs[f"cache_{t}"] = f"results/{exp}/cache/{t}/seed{seed}.h5"
     for t in m["teachers"]:
         inputs[f"teacher_{t}"] = f"{model_dir(exp, t, seed)}/summary.json"
@@ -77,9 +103,10 @@ def train_inputs(wildcards):
 
 def train_extra_args(wildcards):
     m = model_cfg(wildcards.exp, wildcards.model)
+    spec = model_spec(CFG_ID, wildcards.exp, wildcards.model)
     exp, seed = wildcards.exp, wildcards.seed
-    args = [f"--cache {t}=results/{exp}/cache/{t}/seed{seed}.h5" for t in cached_teachers(m)]
-    args += [f"--teacher-dir {t}={model_dir(exp, t, seed)}" for t in online_teachers(m)]
+    args = [f"--cache {t}=results/{exp}/cache/{t}/seed{seed}.h5" for t in spec.cached_teachers()]
+    args += [f"--teacher-dir {t}={model_dir(exp, t, seed)}" for t in spec.online_teachers()]
     args += [f"--teacher-summary {t}={model_dir(exp, t, seed)}/summary.json" for t in m["teachers"]]
     if m.get("init_from"):
         args.append(f"--init-dir {model_dir(exp, m['init_from'], seed)}")

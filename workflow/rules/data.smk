@@ -12,6 +12,7 @@ rule fetch:
     output:
         dataset_json=f"{DATA_ROOT}/{{dataset}}/dataset.json",
     params:
+        code=code("fetch"),
         spec=lambda w: canonical_json(CFG["datasets"][w.dataset]),
         out=lambda w: f"{DATA_ROOT}/{w.dataset}",
     log:
@@ -30,6 +31,7 @@ rule fetch_source:
     wildcard_constraints:
         source=r"[a-z0-9][a-z0-9_]*",
     params:
+        code=code("fetch"),
         spec=lambda w: canonical_json({"kind": source_kind(w.source), "source": w.source}),
         out=lambda w: f"{DATA_ROOT}/{w.source}",
     log:
@@ -51,6 +53,7 @@ rule convert:
         store="results/slices/{dataset}.h5",
         fingerprint="results/slices/{dataset}.json",
     params:
+        code=code("convert"),
         spec=lambda w: canonical_json(CFG["datasets"][w.dataset]["convert"]),
         src=lambda w: raw_dir(w.dataset),
     log:
@@ -68,6 +71,7 @@ rule split:
     output:
         split="results/splits/{exp}.json",
     params:
+        code=code("split"),
         spec=lambda w: canonical_json(exp_cfg(w.exp)["split"]),
     log:
         "results/logs/split/{exp}.log",

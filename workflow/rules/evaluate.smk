@@ -9,6 +9,7 @@ rule infer:
     output:
         predictions="results/{exp}/predictions/{model}/seed{seed}.h5",
     params:
+        code=model_code("infer"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         device=CFG["device"],
     threads: CFG["threads"]
@@ -29,6 +30,7 @@ rule evaluate:
     output:
         metrics="results/{exp}/metrics/{model}/seed{seed}.csv",
     params:
+        code=code("evaluate"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
         threshold=lambda w: exp_cfg(w.exp)["logit_threshold"],
@@ -52,6 +54,7 @@ rule robustness:
     output:
         scores="results/{exp}/robustness/{model}/seed{seed}.csv",
     params:
+        code=model_code("robustness"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         spec=lambda w: canonical_json(exp_cfg(w.exp)["robustness"]),
         device=CFG["device"],

@@ -8,6 +8,7 @@ rule undersample:
     output:
         kspace="results/kspace/{dataset}/{mask}.h5",
     params:
+        code=code("undersample"),
         spec=lambda w: canonical_json(kspace_spec(w.dataset, w.mask)),
     log:
         "results/logs/undersample/{dataset}/{mask}.log",

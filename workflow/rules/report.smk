@@ -12,6 +12,7 @@ rule tables:
         png=report("results/figures/{exp}.png", caption="../report/experiment.rst", category="Results"),
         curves=report("results/figures/{exp}_curves.png", caption="../report/curves.rst", category="Training"),
     params:
+        code=code("tables"),
         spec=lambda w: canonical_json(exp_cfg(w.exp)),
         order=lambda w: " ".join(exp_cfg(w.exp)["models"]),
         model_dirs=lambda w: " ".join(model_dir(w.exp, m, s) for m, s in all_runs(w.exp)),
@@ -32,6 +33,7 @@ rule paper_table:
         csv="results/tables/paper_{group}.csv",
         md="results/tables/paper_{group}.md",
     params:
+        code=code("paper-table"),
         spec=lambda w: canonical_json({e: exp_cfg(e) for e in GROUPS[w.group]}),
         order=lambda w: " ".join(f"{e}:{','.join(exp_cfg(e)['models'])}" for e in GROUPS[w.group]),
     log:
@@ -51,6 +53,8 @@ rule collect:
         runs="results/mlflow/runs.json",
     output:
         all=report("results/tables/all.csv", caption="../report/all.rst", category="Results"),
+    params:
+        code=code("collect"),
     log:
         "results/logs/collect.log",
     conda:
@@ -68,6 +72,8 @@ rule robustness_table:
         csv="results/tables/{exp}_robustness.csv",
         md="results/tables/{exp}_robustness.md",
         png=report("results/figures/{exp}_robustness.png", caption="../report/robustness.rst", category="Robustness"),
+    params:
+        code=code("robustness-table"),
     log:
         "results/logs/robustness_table/{exp}.log",
     conda:

@@ -10,6 +10,7 @@ rule track:
     output:
         runs="results/mlflow/runs.json",
     params:
+        code=code("track"),
         uri=CFG["mlflow"]["tracking_uri"],
         prefix=CFG["mlflow"]["experiment_prefix"],
         model_dirs=" ".join(model_dir(e, m, s) for e in EXPERIMENTS for m, s in all_runs(e)),

@@ -9,9 +9,11 @@ rule train:
         model="results/{exp}/models/{model}/seed{seed}/model.pt",
         summary="results/{exp}/models/{model}/seed{seed}/summary.json",
     params:
+        code=model_code("train"),
         spec=spec_json,
         extra=train_extra_args,
         out=lambda w: model_dir(w.exp, w.model, w.seed),
+        device=CFG["device"],
     threads: CFG["threads"]
     resources:
         gpu=lambda w: 1 if CFG["device"] != "cpu" else 0,
@@ -23,4 +25,5 @@ rule train:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd train --spec {params.spec:q} --seed {wildcards.seed} --store {input.store}"
-        " --split {input.split} --fingerprint {input.fingerprint} {params.extra} --out {params.out} > {log} 2>&1"
+        " --split {input.split} --fingerprint {input.fingerprint} {params.extra} --out {params.out}"
+        " --device {params.device} --threads {threads} > {log} 2>&1"

@@ -17,13 +17,22 @@ teacher, batch, epoch)`` returns a scalar tensor:
 * ``epoch``: 0-based epoch index (for paced curricula).
 
 Losses with parameters (adapters) are optimised together with the student.
+
+Before training, the engine calls every term's :meth:`LossTerm.setup` once with a :class:`LossContext`
+(the term's own config entry and the ``summary.json`` of each of the model's teachers), so a loss that
+needs facts about its teachers (e.g. multi-teacher weights from their validation Dice) resolves them
+itself: the engine knows no loss by name.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Mapping
+
 import torch.nn as nn
 
 from medkd.registry import Registry
+from medkd.spec import LossSpec
 
 LOSSES = Registry("loss", __name__)
 
@@ -33,8 +42,20 @@ class LossTerm(nn.Module):
 
     needs_teacher: bool = False
 
+    def setup(self, context: "LossContext") -> None:
+        """Called once before the first epoch (and on resume). Default: nothing to resolve."""
+
     def forward(self, student, teacher, batch, epoch: int):  # pragma: no cover - interface
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a loss may know before training: its config entry and its teachers' summaries
+    (``summary.json`` of each teacher of the model, by name; empty for teachers and students alone)."""
+
+    term: LossSpec
+    teacher_summaries: Mapping[str, dict] = field(default_factory=dict)
 
 
 def build_loss(name: str, **kwargs) -> LossTerm:

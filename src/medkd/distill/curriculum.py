@@ -49,11 +49,11 @@ Pacing (``epoch`` is the engine's 0-based index e):
   epochs: e = 0..4 -> 0.39, 5..9 -> 0.573, 10..14 -> 0.756, 15..19 -> 0.939, >= 20 -> 1.0. With two
   classes the max probability is >= 0.5, so from mu >= 0.5 (e >= 5) every TPL weight is 1.
 
-Paper variants vs the shipped code (:data:`PCD_VARIANTS`): the training scripts always call the loss named
+Paper variants vs the shipped code (config/experiments/pcd.yaml holds both readings as models): the training scripts always call the loss named
 by ``--ckd-loss-type`` (default ``ce_weighted``), so the README's "KD" runs ``ce_weighted`` (the same
 loss as "KD + CPL"), "KD + TPL" runs ``..._no_alpha_no_weights`` (plain KL + CE, mu only logged) and
-"CPL + TPL" runs ``both_weighted_spl_per_px_no_alpha``. ``reading="paper"`` follows the labels;
-``reading="code"`` follows the scripts. P-CD's label (annotation-boundary) uncertainty is not in the code
+"CPL + TPL" runs ``both_weighted_spl_per_px_no_alpha``. The paper reading follows the labels; the
+code reading follows the scripts. P-CD's label (annotation-boundary) uncertainty is not in the code
 at all; ``label_uncertainty=True`` adds it with SVLS (:mod:`medkd.uncertainty`) and a fusion rule of our
 choosing (:func:`medkd.uncertainty.fused_difficulty`); the "P-CD" entry of the paper reading uses it.
 """
@@ -425,69 +425,14 @@ class PacedKD(LossTerm):
         )
 
 
-# --- the paper's variants in two readings -------------------------------------------------------------------
-
-_COMMON = {"temperature": 4.0, "alpha": 0.3, "confidence_temperature": PCD_CONFIDENCE_TEMPERATURE}
-_CURRICULUM = {"schedule": "curriculum", "mu0": 0.2, "mu_step": 0.1, "mu_every": 5, "mu_indexing": "code"}
-_SELF_PACED = {"schedule": "self_paced", "mu0": 0.39, "mu_step": 0.183, "mu_every": 5}
-_UNET = {"teacher": False, "loss": "cross_entropy", "kwargs": {}, "epochs": 100}
-
-
-def _kd(loss_type: str, pacing: dict, epochs: int, **extra) -> dict:
-    kwargs = {"loss_type": loss_type, **pacing, **_COMMON, **extra}
-    return {"teacher": True, "loss": "paced_kd", "kwargs": kwargs, "epochs": epochs}
-
-
-#: Paper variant label -> how to train it, in two readings (``"paper"``: what the labels say, default;
-#: ``"code"``: what the README commands actually run). Each entry: ``teacher`` (needs the pre-trained
-#: UNet teacher's cached logits), ``loss`` (registered loss name), ``kwargs`` (its arguments) and the
-#: paper-scale ``epochs`` (README: 100 by default, 40 for the self-paced runs). Every run uses Adam 3e-3,
-#: StepLR(7, 0.1), batch 16 (papers.md 5.4). "P-CD" (paper reading only) adds the SVLS label uncertainty
-#: with the product fusion, the re-implementers' reading of the full method.
-PCD_VARIANTS: dict[str, dict[str, dict]] = {
-    "paper": {
-        "UNet": _UNET,
-        "KD": _kd("kd", _CURRICULUM, 100),
-        "KD+CPL": _kd("ce_weighted", _CURRICULUM, 100),
-        "KD+TPL": _kd("both_weighted_spl_per_px", _SELF_PACED, 40),
-        "CPL+TPL": _kd("both_weighted_cpl_spl_per_px", _SELF_PACED, 40),
-        "P-CD": _kd("both_weighted_cpl_spl_per_px", _SELF_PACED, 40, label_uncertainty=True, fusion_rule="product"),
-    },
-    "code": {
-        "UNet": _UNET,
-        "KD": _kd("ce_weighted", _CURRICULUM, 100),
-        "KD+CPL": _kd("ce_weighted", _CURRICULUM, 100),
-        "KD+TPL": _kd("both_weighted_spl_per_px_no_alpha_no_weights", _SELF_PACED, 40),
-        "CPL+TPL": _kd("both_weighted_spl_per_px_no_alpha", _SELF_PACED, 40),
-    },
-}
-
-
-def pcd_variant(label: str, reading: str = "paper") -> dict:
-    """A copy of the :data:`PCD_VARIANTS` entry for ``label`` under ``reading`` ("paper" or "code").
-
-    Raises:
-        ValueError: unknown reading or label (the message lists the valid ones).
-    """
-    if reading not in PCD_VARIANTS:
-        raise ValueError(f"unknown reading {reading!r}; valid: {', '.join(PCD_VARIANTS)}")
-    table = PCD_VARIANTS[reading]
-    if label not in table:
-        raise ValueError(f"unknown P-CD variant {label!r} in reading {reading!r}; valid: {', '.join(table)}")
-    entry = table[label]
-    return {**entry, "kwargs": dict(entry["kwargs"])}
-
-
 __all__ = [
     "CURRICULUM_INDEXING",
     "LOSS_TYPES",
     "PCD_CONFIDENCE_TEMPERATURE",
-    "PCD_VARIANTS",
     "PacedKD",
     "SCHEDULES",
     "curriculum_mu",
     "curriculum_weights",
-    "pcd_variant",
     "pixel_cross_entropy",
     "pixel_kl_class_mean",
     "self_paced_mu",

@@ -93,7 +93,13 @@ class MultiTeacherKL(LossTerm):
     """Weighted sum over teachers of the temperature-scaled soft-label KL.
 
     Args:
-        weights: ``"uniform"`` (default) or one non-negative weight per teacher (normalised to sum 1).
+        weights: ``"uniform"`` (default), one non-negative weight per teacher (normalised to sum 1), or
+            ``"val_score"``: weights from each teacher's validation Dice at its selected epoch
+            (``summary.json`` ``best_val.val_dice``, resolved in :meth:`setup`; segmentation only). The
+            Dice is used whatever metric the teacher selected on, so a teacher selected on a loss never
+            gets a weight that grows with its loss.
+        weight_mode: how scores become weights (:func:`teacher_weights_from_scores`): proportional
+            (default), softmax or uniform. Only with ``weights: val_score``.
         temperature: softmax temperature T (> 0; default 4 as ``kl_div``); each KL is multiplied by T^2.
 
     ``teacher`` is a list of logits tensors ``(B, C, H, W)`` (one per teacher, each shaped like the
@@ -103,18 +109,39 @@ class MultiTeacherKL(LossTerm):
 
     needs_teacher = True
 
-    def __init__(self, weights: Sequence[float] | str = "uniform", temperature: float = 4.0):
+    def __init__(self, weights: Sequence[float] | str = "uniform", temperature: float = 4.0,
+                 weight_mode: str | None = None):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        if isinstance(weights, str):
+        if weight_mode is not None and weights != "val_score":
+            raise ValueError("weight_mode applies only to weights: val_score")
+        self.weight_mode = weight_mode or "proportional"
+        if weights == "val_score":
+            if self.weight_mode not in SCORE_MODES:
+                raise ValueError(f"weight_mode must be one of {SCORE_MODES}, got {self.weight_mode!r}")
+        elif isinstance(weights, str):
             normalise_weights(weights, 1)  # validates the string
         else:
             normalise_weights(weights, len(weights))  # validates the numbers
         self.weights = weights
         self.temperature = float(temperature)
 
+    def setup(self, context) -> None:
+        """Resolve ``weights: val_score`` from the teachers' summaries (in the term's teacher order)."""
+        if self.weights != "val_score":
+            return
+        names = context.term.teachers
+        scores = {n: context.teacher_summaries.get(n, {}).get("best_val", {}).get("val_dice") for n in names}
+        missing = [n for n, s in scores.items() if s is None]
+        if missing:
+            raise ValueError(f"multi_teacher_kl: no validation Dice for teachers {missing} (segmentation only; "
+                             f"their summary.json must be given)")
+        self.weights = [float(w) for w in teacher_weights_from_scores([scores[n] for n in names], self.weight_mode)]
+
     def forward(self, student, teacher, batch, epoch):
+        if self.weights == "val_score":
+            raise RuntimeError("multi_teacher_kl with weights: val_score used before setup()")
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         weights = normalise_weights(self.weights, len(teachers))
         total = student.new_zeros((), dtype=torch.float32)
