@@ -600,25 +600,12 @@ def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> f
 
 
 def _ssim_slice(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
-    """Mean SSIM of two 2-D float64 images (7x7 uniform window, sample covariance, border crop 3)."""
-    win = SSIM_WINDOW
-    n = win * win
-    cov_norm = n / (n - 1.0)
+    """Mean SSIM of two 2-D float64 images: scikit-image's ``structural_similarity`` with its defaults
+    spelled out (7x7 uniform window, K1 0.01, K2 0.03, sample covariance, 3-pixel border crop)."""
+    from skimage.metrics import structural_similarity  # imported here: only reconstruction pays for it
 
-    def local_mean(a: np.ndarray) -> np.ndarray:
-        return ndimage.uniform_filter(a, size=win, mode="reflect")
-
-    mu_x, mu_y = local_mean(x), local_mean(y)
-    var_x = cov_norm * (local_mean(x * x) - mu_x * mu_x)
-    var_y = cov_norm * (local_mean(y * y) - mu_y * mu_y)
-    cov_xy = cov_norm * (local_mean(x * y) - mu_x * mu_y)
-    c1 = (SSIM_K1 * data_range) ** 2
-    c2 = (SSIM_K2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
-        (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
-    )
-    pad = (win - 1) // 2
-    return float(ssim_map[pad:-pad, pad:-pad].mean())
+    return float(structural_similarity(x, y, win_size=SSIM_WINDOW, data_range=data_range, gaussian_weights=False,
+                                       use_sample_covariance=True, K1=SSIM_K1, K2=SSIM_K2))
 
 
 def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> float:
