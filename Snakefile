@@ -39,6 +39,18 @@ localrules:
     collect,
 
 
+onstart:
+    start_forkserver()
+
+
+onsuccess:
+    stop_forkserver()
+
+
+onerror:
+    stop_forkserver()
+
+
 rule all:
     input:
         "results/tables/all.csv",

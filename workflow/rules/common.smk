@@ -120,3 +120,38 @@ def kspace_spec(dataset, name):
     if len(specs) != 1:
         raise ValueError(f"k-space {name!r} of dataset {dataset!r}: {len(specs)} different specs in the config")
     return {**json.loads(specs.pop()), "name": name}
+
+
+# ------------------------------------------------------------------------------ fork server (local runs)
+_FORKSERVER = {}
+
+
+def start_forkserver():
+    """Start medkd's fork server for this run (src/medkd/forkserver.py): jobs fork from a process that
+    imported torch once. Local runs only; MEDKD_FORKSERVER=off disables it. Jobs started before it is
+    ready (it binds its socket after its imports) simply run on their own."""
+    import os
+    import subprocess
+    import tempfile
+
+    if (os.environ.get("MEDKD_FORKSERVER") == "off" or not workflow.local_exec or workflow.remote_exec
+            or workflow.dryrun or os.environ.get("SLURM_JOB_ID")):
+        return
+    sock = os.path.join(tempfile.gettempdir(), f"medkd-forkserver-{os.getpid()}.sock")
+    log = Path("results/logs/forkserver.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        _FORKSERVER["proc"] = subprocess.Popen(
+            [str(Path(workflow.basedir) / "workflow/scripts/medkd"), "forkserver", sock, str(os.getpid())],
+            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    os.environ["MEDKD_FORKSERVER"] = sock
+
+
+def stop_forkserver():
+    proc = _FORKSERVER.pop("proc", None)
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except Exception:
+            proc.kill()

@@ -1,0 +1,202 @@
+"""A fork server for local runs: pay for importing torch once per Snakemake run, not once per job.
+
+A local run of the embedded default starts a few hundred short ``medkd <step>`` processes; each used
+to spend 2-5 s importing torch, NumPy, SciPy, pandas before doing a second of work. The server imports
+those third-party libraries once (never medkd itself, so every job runs the code on disk, and never
+touches a GPU or a thread pool, so forking is safe) and forks a fresh process per job.
+
+Protocol (Unix socket, one connection per job): the client sends its argv, working directory,
+environment and its stdin/stdout/stderr file descriptors (``SCM_RIGHTS``); the server forks a handler
+that forks the job (which adopts those descriptors, directory and environment and runs
+:func:`medkd.cli.main`) and sends back its exit status. If the client goes away (Snakemake cancels or
+kills the job), the handler sees the connection close and kills the job, so nothing runs orphaned.
+The server exits when the process that started it (Snakemake) is gone, or on SIGTERM.
+
+Who uses it: the Snakefile starts one server in ``onstart`` for local runs and exports
+``MEDKD_FORKSERVER``; ``workflow/scripts/medkd`` connects when the socket exists and the job is neither
+in a conda environment nor inside a SLURM allocation, and runs the step directly otherwise. Results are
+identical either way (a job is the same code with the same arguments); only the start-up cost differs.
+
+Commands: ``python -m medkd.forkserver serve SOCKET`` and ``python -m medkd.forkserver run SOCKET --
+ARGS...`` (the client; standard library only, so it starts in tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+PRELOAD = ("numpy", "scipy.ndimage", "scipy.stats", "h5py", "torch", "pandas", "tqdm", "jsonschema", "yaml",
+           "skimage.metrics", "matplotlib")
+_HEADER = struct.Struct("!Q")
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = conn.recv(min(n - got, 1 << 20))
+        if not chunk:
+            raise ConnectionError("client closed the connection early")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+# ------------------------------------------------------------------------------------------ client
+
+
+def run_client(path: str, argv: list[str]) -> int:
+    """Run ``medkd argv`` in the server at ``path``; returns the job's exit status."""
+    payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(path)
+        socket.send_fds(conn, [_HEADER.pack(len(payload))], [0, 1, 2])
+        conn.sendall(payload)
+        reply = b""
+        while len(reply) < 4:
+            chunk = conn.recv(4 - len(reply))
+            if not chunk:
+                return 1  # the server went away: report failure, Snakemake shows the log
+            reply += chunk
+    return struct.unpack("!i", reply)[0]
+
+
+# ------------------------------------------------------------------------------------------ server
+
+
+def _run_job(request: dict, fds: list[int]) -> None:
+    """In the forked job process: adopt the client's stdio, directory and environment; run the step."""
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", closefd=False, buffering=1)
+    sys.stderr = open(2, "w", closefd=False, buffering=1)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    for name in [m for m in sys.modules if m == "medkd" or m.startswith("medkd.")]:
+        del sys.modules[name]  # the job imports medkd afresh from its own PYTHONPATH
+    sys.argv = ["medkd", *request["argv"]]
+    code = 1
+    try:
+        from medkd.cli import main
+
+        code = main(request["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - print the traceback like the interpreter would
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(int(code))
+
+
+def _handle(conn: socket.socket) -> None:
+    """In the forked handler: receive the request, fork the job, wait for it or for the client to go."""
+    msg, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+    request = json.loads(_recv_exact(conn, _HEADER.unpack(msg)[0]))
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _run_job(request, fds)
+    for fd in fds:
+        os.close(fd)
+    sel = selectors.DefaultSelector()
+    sel.register(conn, selectors.EVENT_READ)
+    status = None
+    while status is None:
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = os.waitstatus_to_exitcode(raw)
+            break
+        if sel.select(timeout=0.05):  # readable = the client closed: cancel the job
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.05)
+            os._exit(0)
+    code = status if status >= 0 else 128 - status  # killed by signal n -> 128 + n, as a shell reports it
+    try:
+        conn.sendall(struct.pack("!i", code))
+    finally:
+        os._exit(0)
+
+
+def serve(path: str, parent: int | None = None) -> None:
+    """Import :data:`PRELOAD`, listen on ``path`` and fork one handler per connection until the
+    ``parent`` process (default: ours) exits or SIGTERM arrives."""
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    parent = parent or os.getppid()
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path + ".tmp")
+    os.rename(path + ".tmp", path)  # clients only ever see a socket that is listening
+    server.listen(128)
+    server.settimeout(1.0)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    try:
+        while not stop:
+            try:
+                os.waitpid(-1, os.WNOHANG)  # reap finished handlers
+            except ChildProcessError:
+                pass
+            if os.getppid() != parent:
+                break
+            try:
+                conn, _ = server.accept()
+            except (socket.timeout, InterruptedError):
+                continue
+            pid = os.fork()
+            if pid == 0:
+                server.close()
+                try:
+                    _handle(conn)
+                finally:
+                    os._exit(1)
+            conn.close()
+    finally:
+        server.close()
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "serve":
+        serve(argv[1], int(argv[2]) if len(argv) > 2 else None)
+        return 0
+    if len(argv) >= 3 and argv[0] == "run" and argv[2] == "--":
+        return run_client(argv[1], argv[3:])
+    print("usage: python -m medkd.forkserver serve SOCKET [PARENT_PID] | run SOCKET -- ARGS...", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
