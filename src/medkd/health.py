@@ -116,13 +116,13 @@ def check_not_converged(histories: dict[int, list[dict]], metric: str, mode: str
         total, tail_gain = s[-1] - s[0], s[-1] - s[-1 - k]
         if s[-1] > s[:-1].max() and total > 0 and tail_gain > gain * total:
             direction = "rose" if mode == "max" else "fell"
-            parts.append(f"seed {seed}: {metric} {direction} by {_num(tail_gain, 4)} over the last {k} of {n} epochs, "
-                         f"{_pct(tail_gain / total)} of its total change {_num(total, 4)} since epoch 0, and the "
-                         f"last epoch is the best")
+            parts.append(f"seed {seed}: {metric} {direction} by {_num(tail_gain, 4)} in the last {k} of {n} epochs, "
+                         f"{_pct(tail_gain / total)} of its total change of {_num(total, 4)} since epoch 0, and the "
+                         f"last epoch is its best")
     if not parts:
         return None
-    return ("; ".join(parts) + f" (bound: more than {_pct(gain)} of the total improvement in the last "
-            f"{_pct(tail)} of the epochs with the last epoch best): training stopped while still improving.")
+    return ("; ".join(parts) + f" (bound: at most {_pct(gain)} of the improvement in the last {_pct(tail)} of "
+            f"the epochs): training stopped while the model was still improving.")
 
 
 def check_collapse(metrics: pd.DataFrame, model: str, task: str, b: dict) -> str | None:
@@ -142,16 +142,16 @@ def check_collapse(metrics: pd.DataFrame, model: str, task: str, b: dict) -> str
         sd = float(np.std(v, ddof=1))
         why = []
         if sd > sd_bound:
-            why.append(f"sd over {len(v)} seeds {_num(sd, digits)}{unit} > {_num(sd_bound, digits)}{unit}")
+            why.append(f"sd over {len(v)} seeds {_num(sd, digits)}{unit} > {sd_bound:g}{unit}")
         for i in range(len(v)):
             drop = float(np.median(np.delete(v, i))) - v[i]
             if drop > drop_bound:
                 why.append(f"seed {seeds[i]} is {_num(drop, digits)}{unit} below the median of the other seeds "
-                           f"(bound {_num(drop_bound, digits)}{unit})")
+                           f"(bound {drop_bound:g}{unit})")
         if why:
             values = ", ".join(f"seed {s} {_num(x, digits)}" for s, x in zip(seeds, v))
             label = metric if cls in ("image", "-") else f"{metric} {cls}"
-            parts.append(f"{label}: " + "; ".join(why) + f" (per-seed means {values})")
+            parts.append(f"{label}: " + "; ".join(why) + f" (per-seed case means: {values})")
     if not parts:
         return None
     return "seeds disagree: " + "; ".join(parts) + ": the mean hides a failed or unstable seed."
@@ -166,9 +166,9 @@ def check_trivial_teacher(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: d
         if not low:
             return None
         values = ", ".join(f"{c} {_num(v)}" for c, v in low.items())
-        return (f"test Dice ({values}) is not above the all-background prediction's Dice of 0 (under the "
-                f"empty-mask policy) by more than the margin {_num(b['margin_dice'], 2)}: the teacher has "
-                f"learnt nothing a student could use for {'this class' if len(low) == 1 else 'these classes'}.")
+        return (f"test Dice of {values} (mean over seeds of the per-case mean) is within the margin "
+                f"{b['margin_dice']:g} of the all-background prediction's Dice of 0 (empty-mask policy): for "
+                f"{'this class' if len(low) == 1 else 'these classes'} the teacher is no better than predicting nothing.")
     base = next((m for m, c in exp_cfg["models"].items() if c["role"] == "baseline" and c["arch"] == "identity"), None)
     if base is None:
         return None
@@ -179,7 +179,7 @@ def check_trivial_teacher(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: d
     if t > i + b["margin_psnr_db"]:
         return None
     return (f"test PSNR {t:.2f} dB is not above the input's ({base}) {i:.2f} dB by more than the margin "
-            f"{b['margin_psnr_db']:.1f} dB (difference {t - i:+.2f} dB): the teacher does not improve on its input.")
+            f"{b['margin_psnr_db']:g} dB (difference {t - i:+.2f} dB): the teacher does not improve on its input.")
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -239,17 +239,22 @@ def model_health(flags: list[Flag]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}" + ("" if k == 1 else "s")
+
+
 def health_markdown(rows: list[tuple[str, str, str, str]], n_models: int, n_experiments: int) -> str:
     """The health summary (results/tables/health.md) of (experiment, model, flag, sentence) rows."""
     lines = ["# Health of every model", ""]
     if not rows:
-        lines.append(f"All models healthy: no flag in {n_models} models of {n_experiments} experiments.")
+        lines.append(f"All models healthy: no flag in {_n(n_models, 'model')} of {_n(n_experiments, 'experiment')}.")
         return "\n".join(lines) + "\n"
     flagged = {(e, m) for e, m, _, _ in rows}
     counts = {}
     for _, _, f, _ in rows:
         counts[f] = counts.get(f, 0) + 1
-    lines.append(f"{len(rows)} flags on {len(flagged)} of {n_models} models in {n_experiments} experiments ("
+    lines.append(f"{_n(len(rows), 'flag')} on {len(flagged)} of {_n(n_models, 'model')} in "
+                 f"{_n(n_experiments, 'experiment')} ("
                  + ", ".join(f"{f} {counts[f]}" for f in FLAGS if f in counts) + "). A flag explains a number; "
                  "it changes none (README: How to read the tables).")
     lines.append("")

@@ -234,7 +234,7 @@ def comparisons_section(comparisons: pd.DataFrame) -> str:
     if not len(tvs):
         return ""
     pairs = list(dict.fromkeys(zip(tvs["model"], tvs["compared_to"])))
-    wide = pd.DataFrame({"teacher - student": [f"{t} - {st}" for t, st in pairs]})
+    wide = pd.DataFrame({"comparison": [f"{t} - {st}" for t, st in pairs]})
     for (conv, cls, metric), grp in tvs.groupby(["convention", "class", "metric"], sort=False):
         col = f"{metric} {cls}" + ("" if conv == "engine" else f" [{conv}]")
         by = {(r["model"], r["compared_to"]): r for r in grp.to_dict("records")}
@@ -256,7 +256,7 @@ def table_notes(exp_cfg: dict, task: str) -> list[str]:
         notes.append("PSNR/SSIM/NMSE per volume, data_range = the volume maximum, SSIM 7x7 uniform window "
                      "averaged over slices (fastMRI convention).")
     if any(m.get("compare_to") for m in exp_cfg["models"].values()):
-        notes.append("Δ columns: paired difference to the model in `vs` (same case and seed), mean [95% bootstrap CI "
+        notes.append("Δ columns: paired difference to the model in the vs column (same case and seed), mean [95% bootstrap CI "
                      "resampling cases], Wilcoxon signed-rank p on per-case means, p_holm = Holm-adjusted over every "
                      "test of this experiment.")
     notes.append("health: flag names (empty = no flag), explained under Health.")
@@ -433,7 +433,7 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
                             row.update({f"{m}_diff": st["diff"], f"{m}_ci_low": st["ci_low"],
                                         f"{m}_ci_high": st["ci_high"], f"{m}_p": st["p"], f"{m}_p_holm": st["p_holm"],
                                         f"{m}_diff_convention": c,
-                                        f"{m}_stats_note": st["stats_note"] if pd.notna(st["stats_note"]) else ""})
+                                        f"{m}_stats_note": _text(pd.Series([st.get("stats_note")])).iloc[0]})
                             break
             rows.append(row)
     df = pd.DataFrame(rows)
