@@ -28,6 +28,7 @@ states the number behind it and the bound it crossed (config ``health:``, defaul
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +117,8 @@ def check_not_converged(histories: dict[int, list[dict]], metric: str, mode: str
         total, tail_gain = s[-1] - s[0], s[-1] - s[-1 - k]
         if s[-1] > s[:-1].max() and total > 0 and tail_gain > gain * total:
             direction = "rose" if mode == "max" else "fell"
-            parts.append(f"seed {seed}: {metric} {direction} by {_num(tail_gain, 4)} in the last {k} of {n} epochs, "
-                         f"{_pct(tail_gain / total)} of its total change of {_num(total, 4)} since epoch 0, and the "
+            parts.append(f"seed {seed}: {metric} {direction} by {_num(tail_gain, 4)} in the last {k} of {n} epochs "
+                         f"({_pct(tail_gain / total)} of its total change of {_num(total, 4)} since epoch 0) and the "
                          f"last epoch is its best")
     if not parts:
         return None
@@ -170,7 +171,9 @@ def check_trivial_teacher(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: d
                 f"{b['margin_dice']:g} of the all-background prediction's Dice of 0 (empty-mask policy): for "
                 f"{'this class' if len(low) == 1 else 'these classes'} the teacher is no better than predicting nothing.")
     base = next((m for m, c in exp_cfg["models"].items() if c["role"] == "baseline" and c["arch"] == "identity"), None)
-    if base is None:
+    if base is None:  # every shipped reconstruction config has one (zero_filled); say so if one does not
+        logging.getLogger("medkd").warning("%s: no baseline model with arch identity, so the teacher %s cannot be "
+                                           "checked against the input's PSNR (add e.g. zero_filled)", task, model)
         return None
     ours, inp = _model_mean(metrics, model, "psnr"), _model_mean(metrics, base, "psnr")
     if not ours or not inp:

@@ -73,7 +73,7 @@ def test_not_converged_definition_and_wording():
     # 4 epochs, tail k = ceil(0.25 * 4) = 1: gain 0.5 - 0.4 = 0.1 = 25% of 0.4 > 10%, last epoch best -> flagged
     rising = {0: epochs("val_dice", [0.1, 0.3, 0.4, 0.5])}
     assert H.check_not_converged(rising, "val_dice", "max", 0.25, 0.1) == (
-        "seed 0: val_dice rose by 0.1000 in the last 1 of 4 epochs, 25% of its total change of 0.4000 since epoch 0, "
+        "seed 0: val_dice rose by 0.1000 in the last 1 of 4 epochs (25% of its total change of 0.4000 since epoch 0) "
         "and the last epoch is its best (bound: at most 10% of the improvement in the last 25% of the epochs): "
         "training stopped while the model was still improving.")
     # a loss (mode min) that has levelled off: 0.01 of 0.56 in the tail (1.8%) -> fine
@@ -85,7 +85,7 @@ def test_not_converged_definition_and_wording():
     # 8 epochs: the tail is 2 epochs; falling loss, mode min
     falling = {3: epochs("val_loss", [1.0, 0.8, 0.7, 0.65, 0.6, 0.58, 0.5, 0.4])}
     assert H.check_not_converged(falling, "val_loss", "min").startswith(
-        "seed 3: val_loss fell by 0.1800 in the last 2 of 8 epochs, 30% of its total change of 0.6000")
+        "seed 3: val_loss fell by 0.1800 in the last 2 of 8 epochs (30% of its total change of 0.6000 since epoch 0)")
 
 
 # ------------------------------------------------------------------------------------------ through the tables
