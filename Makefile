@@ -21,12 +21,14 @@ $(STAMP): pyproject.toml requirements.lock
 
 reproduce: $(STAMP)
 	@start=$$(date +%s); \
-	$(BIN)/snakemake --cores $(CORES) results/tables/all.csv && \
+	$(BIN)/snakemake --cores $(CORES) results/tables/all.csv || exit $$?; \
 	end=$$(date +%s); \
 	echo ""; echo "medkd: finished in $$(( end - start )) s."; \
 	echo "Tables:  $(CURDIR)/results/tables/ (all.csv, <experiment>.md/.csv/.tex)"; \
 	echo "Figures: $(CURDIR)/results/figures/"; \
-	echo "MLflow:  make ui  (store results/mlflow.db)"
+	echo "MLflow:  make ui  (store results/mlflow.db)"; \
+	echo "Health:  $(CURDIR)/results/tables/health.md"; echo ""; \
+	cat results/tables/health.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -183,7 +183,9 @@ def cmd_tables(args) -> None:
     exp = json.loads(args.experiment_spec)
     exp["models"] = {m: exp["models"][m] for m in args.model_order}  # JSON params sort keys; restore config order
     write_experiment_outputs(args.experiment, exp, args.metrics, args.model_dirs,
-                             {"csv": args.csv, "md": args.md, "tex": args.tex, "png": args.png, "curves": args.curves})
+                             {"csv": args.csv, "md": args.md, "tex": args.tex, "png": args.png, "curves": args.curves,
+                              "stats": args.stats},
+                             health_cfg=json.loads(args.health_spec), stats_cfg=json.loads(args.stats_spec))
 
 
 def cmd_paper_table(args) -> None:
@@ -211,7 +213,7 @@ def cmd_track(args) -> None:
 def cmd_collect(args) -> None:
     from medkd.report import collect
 
-    df = collect(args.tables, args.runs, args.out, robustness=args.robustness)
+    df = collect(args.tables, args.runs, args.out, robustness=args.robustness, health_md=args.health_md)
     print(f"{len(df)} rows -> {args.out}")
 
 
@@ -304,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", nargs="+", required=True)
     sp.add_argument("--model-dirs", nargs="+", required=True)
     sp.add_argument("--model-order", nargs="+", required=True, help="model names in config order")
+    sp.add_argument("--stats", help="CSV of every paired comparison of the experiment (<exp>_stats.csv)")
+    sp.add_argument("--health-spec", default="{}", help="the config's health bounds as JSON (default: schema defaults)")
+    sp.add_argument("--stats-spec", default="{}", help="the config's stats settings as JSON (default: schema defaults)")
 
     sp = add("paper-table", cmd_paper_table, "the paper's table layout for a group of experiments")
     for a in ("--group", "--experiments-spec", "--csv", "--md"):
@@ -322,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--robustness", nargs="*", default=[], help="<exp>_robustness.csv summaries")
     sp.add_argument("--runs", required=True)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--health-md", help="health summary of every model (default: health.md beside --out)")
     return p
 
 

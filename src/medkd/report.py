@@ -12,25 +12,60 @@ Outputs per experiment: ``results/tables/<exp>.csv`` (long format), ``<exp>.md``
 (one row per model, ``mean ± sd`` cells, the paper value in brackets), ``results/figures/<exp>.png``
 (main metric per model with sd error bars) and ``results/figures/<exp>_curves.png`` (validation curve of
 every model and seed).
+
+Paired statistics (:mod:`medkd.stats`) and health flags (:mod:`medkd.health`) are added to the long
+table: on the rows of the main metrics of a model with ``compare_to``, the paired difference to that
+model (``compared_to``, ``diff``, ``ci_low``, ``ci_high``, ``p``, ``p_holm``, ``stats_note``); on every row
+of a model, its flags (``health``: names joined by ``;``, empty = no flag; ``health_notes``: the
+sentences). Every comparison, teacher vs student included, is written to ``<exp>_stats.csv``.
+Markdown and LaTeX cells are escaped (:func:`md_escape`, :func:`latex_escape`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from medkd import health as _health
+from medkd import stats as _stats
 from medkd.io import atomic_path, read_json, read_jsonl
+from medkd.stats import MAIN_METRICS, format_diff
 
+STATS_FIELDS = ["compared_to", "diff", "ci_low", "ci_high", "p", "p_holm", "stats_note"]
+HEALTH_FIELDS = ["health", "health_notes"]
 LONG_COLUMNS = [
     "experiment", "dataset", "task", "model", "role", "kd_method", "arch", "class", "metric", "convention",
-    "mean", "sd", "n_seeds", "n_cases", "case_sd", "paper_value", "delta", "params", "flops", "fidelity", "seeds",
-    "spec_hash", "data_hash", "git_commit",
+    "mean", "sd", "n_seeds", "n_cases", "case_sd", "paper_value", "delta", *STATS_FIELDS, *HEALTH_FIELDS,
+    "params", "flops", "fidelity", "seeds", "spec_hash", "data_hash", "git_commit",
 ]
-MAIN_METRICS = {"segmentation": ["dice", "hd95"], "reconstruction": ["psnr", "ssim"], "super_resolution": ["psnr", "ssim"]}
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\|*`<>$&#~"})
+
+
+def md_escape(value) -> str:
+    """A Markdown (GFM) table cell: backslash-escape the characters that end a cell or start markup
+    (``\\ | * ` < > $ & # ~``) and ``_`` at a word boundary (an intraword ``_`` as in ``student_kd`` is
+    literal in GFM and stays readable). Brackets are left alone: without a link definition ``[x]`` is
+    literal."""
+    text = str(value).translate(_MD_SPECIAL).replace("\n", " ")
+    return re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", text)
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "[": "{[}", "]": "{]}", "±": r"$\pm$", "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}",
+                "−": "-"}
+
+
+def latex_escape(value) -> str:
+    """A LaTeX table cell: the ten special characters escaped (as pandas' ``to_latex(escape=True)``),
+    brackets braced (safe after ``\\\\``), ± and Δ in math mode."""
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(value))
 
 
 def _reference_value(refs: list[dict], model: str, cls: str, metric: str, convention: str):
@@ -61,8 +96,13 @@ def aggregate(metric_frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def experiment_table(exp_name: str, exp_cfg: dict, metric_csvs: list[str | Path],
-                     model_dirs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
-    """Build and write the long table of one experiment (``out_csv``)."""
+                     model_dirs: list[str | Path], out_csv: str | Path, comparisons: pd.DataFrame | None = None,
+                     flags: list | None = None) -> pd.DataFrame:
+    """Build and write the long table of one experiment (``out_csv``).
+
+    ``comparisons`` (:func:`medkd.stats.compare_experiment`): its ``kd_effect`` rows fill the stats
+    columns of the compared model's rows; ``flags`` (:func:`medkd.health.assess`) fill ``health`` and
+    ``health_notes`` on every row of the flagged model."""
     frames = [pd.read_csv(p, keep_default_na=True) for p in metric_csvs]
     agg = aggregate(frames)
     info = {}
@@ -70,17 +110,27 @@ def experiment_table(exp_name: str, exp_cfg: dict, metric_csvs: list[str | Path]
         s = read_json(Path(d) / "summary.json")
         env = read_json(Path(d) / "env.json")
         info.setdefault(s["model"], {**s, "git_commit": env["git"]["commit"]})
+    stats_by = {}
+    if comparisons is not None:
+        for c in comparisons[comparisons["kind"] == "kd_effect"].to_dict("records"):
+            stats_by[(c["model"], c["class"], c["metric"], c["convention"])] = {
+                "compared_to": c["compared_to"], "diff": c["diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                "p": c["p"], "p_holm": c["p_holm"], "stats_note": c["note"] or ""}
+    health_by = _health.model_health(flags or [])
     rows = []
     refs = exp_cfg.get("reference", [])
     for r in agg.to_dict("records"):
         model_info = info[r["model"]]
         paper = _reference_value(refs, r["model"], r["class"], r["metric"], r["convention"])
+        flag_names, flag_notes = health_by.get(r["model"], ("", ""))
         rows.append({
             **{k: r[k] for k in ("model", "class", "metric", "convention", "mean", "sd", "n_seeds", "n_cases",
                                  "case_sd", "seeds")},
             "experiment": exp_name, "dataset": exp_cfg["dataset"], "task": exp_cfg["task"],
             "role": model_info["role"], "kd_method": model_info["kd_method"], "arch": model_info["arch"],
             "paper_value": paper, "delta": r["mean"] - paper if not math.isnan(paper) else math.nan,
+            **stats_by.get((r["model"], r["class"], r["metric"], r["convention"]), {}),
+            "health": flag_names, "health_notes": flag_notes,
             "params": model_info["params"], "flops": model_info.get("flops_per_slice"),
             "fidelity": json.dumps(exp_cfg["models"][r["model"]].get("fidelity", {}), sort_keys=True),
             "spec_hash": model_info["spec_hash"], "data_hash": model_info["data_hash"],
@@ -121,25 +171,80 @@ def wide_table(table: pd.DataFrame, task: str) -> pd.DataFrame:
         by_model = grp.set_index("model")
         wide[col] = [_cell(by_model.loc[m, "mean"], by_model.loc[m, "sd"], by_model.loc[m, "paper_value"], metric)
                      if m in by_model.index else "" for m in models]
+    compared = table[_text(table.get("compared_to")) != ""] if "compared_to" in table else table.iloc[:0]
+    if len(compared):
+        vs = compared.drop_duplicates("model").set_index("model")["compared_to"]
+        wide["vs"] = [vs.get(m, "") for m in models]
+        for (conv, cls, metric), grp in compared.groupby(["convention", "class", "metric"], sort=False):
+            col = f"Δ {metric} {cls}" + ("" if conv == "engine" else f" [{conv}]")
+            by_model = grp.set_index("model")
+            wide[col] = [format_diff(*(by_model.loc[m, k] for k in ("diff", "ci_low", "ci_high", "p", "p_holm")),
+                                     metric, _text(by_model.loc[[m], "stats_note"]).iloc[0])
+                         if m in by_model.index else "" for m in models]
+    if "health" in table:
+        h = table.drop_duplicates("model").set_index("model")["health"]
+        wide["health"] = [_text(h.loc[[m]]).iloc[0].replace(";", "; ") for m in models]
     return wide
 
 
-def to_markdown(wide: pd.DataFrame, title: str, notes: list[str]) -> str:
-    head = "| " + " | ".join(wide.columns) + " |\n|" + "---|" * len(wide.columns) + "\n"
-    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in wide.itertuples(index=False))
-    return f"## {title}\n\n" + head + body + "\n" + "".join(f"- {n}\n" for n in notes)
+def _text(col) -> pd.Series:
+    """A text column with missing values (NaN after a CSV round trip) as empty strings."""
+    if col is None:
+        return pd.Series(dtype=str)
+    return col.astype(object).where(col.notna(), "").astype(str)
+
+
+def _md_table(wide: pd.DataFrame) -> str:
+    head = "| " + " | ".join(md_escape(c) for c in wide.columns) + " |\n|" + "---|" * len(wide.columns) + "\n"
+    return head + "".join("| " + " | ".join(md_escape(v) for v in row) + " |\n" for row in wide.itertuples(index=False))
+
+
+def to_markdown(wide: pd.DataFrame, title: str, notes: list[str], sections: list[str] = ()) -> str:
+    """The experiment table (header on line 3), its notes, then extra Markdown ``sections``."""
+    text = f"## {md_escape(title)}\n\n" + _md_table(wide) + "\n" + "".join(f"- {md_escape(n)}\n" for n in notes)
+    return text + "".join("\n" + sec for sec in sections)
 
 
 def to_latex(wide: pd.DataFrame, title: str) -> str:
-    def esc(s: str) -> str:
-        return str(s).replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%").replace("[", "{[}").replace("]", "{]}")
-
     cols = "l" * len(wide.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(title)}}}", rf"\begin{{tabular}}{{{cols}}}",
-             r"\hline", " & ".join(esc(c) for c in wide.columns) + r" \\", r"\hline"]
-    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in wide.itertuples(index=False)]
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(title)}}}", rf"\begin{{tabular}}{{{cols}}}",
+             r"\hline", " & ".join(latex_escape(c) for c in wide.columns) + r" \\", r"\hline"]
+    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in wide.itertuples(index=False)]
     lines += [r"\hline", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)
+
+
+def health_section(flags: list, bounds: dict | None = None) -> str:
+    """The "Health" list of an experiment's Markdown table: one line per flag, or all healthy."""
+    b = {**_health.HEALTH_DEFAULTS, **(bounds or {})}
+    lines = ["### Health", ""]
+    if not flags:
+        lines.append(f"- No flag: every model passed every check (bounds: Dice margin {b['margin_dice']}, PSNR margin "
+                     f"{b['margin_psnr_db']} dB, seed sd {b['collapse_sd_dice']} Dice / {b['collapse_sd_psnr_db']} dB, "
+                     f"convergence: more than {b['converge_gain']:.0%} of the gain in the last "
+                     f"{b['converge_tail']:.0%} of the epochs).")
+    for f in flags:
+        lines.append(f"- {md_escape(f.model)}: {md_escape(f.flag)}: {md_escape(f.sentence)}")
+    return "\n".join(lines) + "\n"
+
+
+def comparisons_section(comparisons: pd.DataFrame) -> str:
+    """Teacher - student paired differences of an experiment as a Markdown table (empty if none)."""
+    tvs = comparisons[comparisons["kind"] == "teacher_vs_student"] if len(comparisons) else comparisons
+    if not len(tvs):
+        return ""
+    pairs = list(dict.fromkeys(zip(tvs["model"], tvs["compared_to"])))
+    wide = pd.DataFrame({"comparison": [f"{t} - {st}" for t, st in pairs]})
+    for (conv, cls, metric), grp in tvs.groupby(["convention", "class", "metric"], sort=False):
+        col = f"{metric} {cls}" + ("" if conv == "engine" else f" [{conv}]")
+        by = {(r["model"], r["compared_to"]): r for r in grp.to_dict("records")}
+        wide[col] = [format_diff(by[k]["diff"], by[k]["ci_low"], by[k]["ci_high"], by[k]["p"], by[k]["p_holm"], metric,
+                                 by[k]["note"]) if k in by else "" for k in pairs]
+    n_tests = int(comparisons["p"].notna().sum())
+    return ("### Teacher vs student\n\n" + _md_table(wide) + "\n"
+            f"- Paired differences teacher - student (same case, same seed): mean [95% bootstrap CI over cases], "
+            f"Wilcoxon signed-rank p on per-case means, p_holm = Holm-adjusted over the {n_tests} tests of this "
+            f"experiment (every comparison, class, metric; all in `{tvs['experiment'].iloc[0]}_stats.csv`).\n")
 
 
 def table_notes(exp_cfg: dict, task: str) -> list[str]:
@@ -150,6 +255,11 @@ def table_notes(exp_cfg: dict, task: str) -> list[str]:
     else:
         notes.append("PSNR/SSIM/NMSE per volume, data_range = the volume maximum, SSIM 7x7 uniform window "
                      "averaged over slices (fastMRI convention).")
+    if any(m.get("compare_to") for m in exp_cfg["models"].values()):
+        notes.append("Δ columns: paired difference to the model in the vs column (same case and seed), mean [95% bootstrap CI "
+                     "resampling cases], Wilcoxon signed-rank p on per-case means, p_holm = Holm-adjusted over every "
+                     "test of this experiment.")
+    notes.append("health: flag names (empty = no flag), explained under Health.")
     for name, m in exp_cfg["models"].items():
         if m.get("fidelity"):
             notes.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in sorted(m["fidelity"].items())))
@@ -200,13 +310,26 @@ def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path]
     plt.close(fig)
 
 
-def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_dirs, out: dict) -> pd.DataFrame:
-    """All outputs of the tables stage for one experiment. ``out`` maps csv/md/tex/png/curves to paths."""
-    table = experiment_table(exp_name, exp_cfg, metric_csvs, model_dirs, out["csv"])
+def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_dirs, out: dict,
+                             health_cfg: dict | None = None, stats_cfg: dict | None = None) -> pd.DataFrame:
+    """All outputs of the tables stage for one experiment. ``out`` maps csv/md/tex/png/curves (and
+    optionally stats, the comparisons CSV) to paths; ``health_cfg`` and ``stats_cfg`` are the config's
+    ``health`` and ``stats`` entries (defaults: :data:`medkd.health.HEALTH_DEFAULTS`,
+    :data:`medkd.stats.STATS_DEFAULTS`)."""
+    metrics = pd.concat([pd.read_csv(p) for p in metric_csvs], ignore_index=True)
+    scfg = {**_stats.STATS_DEFAULTS, **(stats_cfg or {})}
+    comparisons = _stats.compare_experiment(exp_name, exp_cfg, metrics, n_resamples=scfg["n_resamples"],
+                                            confidence=scfg["confidence"], seed=scfg["seed"])
+    flags = _health.assess(exp_cfg, metrics, model_dirs, health_cfg)
+    table = experiment_table(exp_name, exp_cfg, metric_csvs, model_dirs, out["csv"], comparisons, flags)
+    if out.get("stats"):
+        with atomic_path(out["stats"]) as tmp:
+            comparisons.to_csv(tmp, index=False)
     wide = wide_table(table, exp_cfg["task"])
     title = f"{exp_name} ({exp_cfg['dataset']}, {exp_cfg['task']})"
+    sections = [s for s in (health_section(flags, health_cfg), comparisons_section(comparisons)) if s]
     with atomic_path(out["md"]) as tmp:
-        tmp.write_text(to_markdown(wide, title, table_notes(exp_cfg, exp_cfg["task"])))
+        tmp.write_text(to_markdown(wide, title, table_notes(exp_cfg, exp_cfg["task"]), sections))
     with atomic_path(out["tex"]) as tmp:
         tmp.write_text(to_latex(wide, title))
     plot_experiment(table, exp_cfg["task"], model_dirs, title, out["png"], out["curves"])
@@ -221,7 +344,7 @@ def robustness_rows(path: str | Path, long_table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in summ.to_dict("records"):
         base = {c: info.loc[r["model"], c] for c in LONG_COLUMNS if c in info.columns and c not in
-                ("class", "metric", "convention", "mean", "sd", "n_cases", "paper_value", "delta")}
+                ("class", "metric", "convention", "mean", "sd", "n_cases", "paper_value", "delta", *STATS_FIELDS)}
         for metric, sd in (("clean", math.nan), ("corrupted", math.nan), ("relative_drop", r["relative_drop_sd"])):
             rows.append({**base, "experiment": exp, "model": r["model"], "class": "foreground", "metric": metric,
                          "convention": "robustness", "mean": r[metric], "sd": sd, "n_seeds": r["n_seeds"]})
@@ -229,9 +352,10 @@ def robustness_rows(path: str | Path, long_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def collect(tables: list[str | Path], runs_json: str | Path, out_csv: str | Path,
-            robustness: list[str | Path] = ()) -> pd.DataFrame:
+            robustness: list[str | Path] = (), health_md: str | Path | None = None) -> pd.DataFrame:
     """Concatenate the experiments' long tables (and robustness summaries) into all.csv, adding the
-    MLflow run ids of each row."""
+    MLflow run ids of each row; write the health summary of every model to ``health_md`` (default:
+    ``health.md`` beside ``out_csv``)."""
     runs = read_json(runs_json)
     df = pd.concat([pd.read_csv(p) for p in tables], ignore_index=True)
     if robustness:
@@ -242,7 +366,27 @@ def collect(tables: list[str | Path], runs_json: str | Path, out_csv: str | Path
     ]
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
+    with atomic_path(health_md or Path(out_csv).with_name("health.md")) as tmp:
+        tmp.write_text(health_report(df))
     return df
+
+
+def health_report(df: pd.DataFrame) -> str:
+    """results/tables/health.md from the long table: every flag with its experiment, model and sentence."""
+    models = df.drop_duplicates(["experiment", "model"])
+    rows = []
+    for r in models.to_dict("records"):
+        names = [n for n in _text(pd.Series([r.get("health")])).iloc[0].split(";") if n]
+        notes = _text(pd.Series([r.get("health_notes")])).iloc[0]
+        starts, pos = [], 0
+        for n in names:  # health_notes: "flag: sentence" in flag order, joined by spaces
+            starts.append(notes.find(f"{n}: ", pos))
+            pos = max(pos, starts[-1] + 1)
+        for i, n in enumerate(names):
+            end = starts[i + 1] if i + 1 < len(names) else len(notes)
+            sentence = notes[starts[i] + len(n) + 2:end].strip() if starts[i] >= 0 else ""
+            rows.append((r["experiment"], r["model"], n, sentence))
+    return _health.health_markdown(rows, len(models), df["experiment"].nunique())
 
 
 def _gain(value: float, base: float) -> float:
@@ -264,6 +408,8 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
         sel = t[t["convention"] == conv]
         cls = head.get("class") or next((c for c in sel["class"] if c not in ("-",)), "-")
         sel = sel[sel["class"] == cls].set_index(["model", "metric"])
+        has_stats = "diff" in t.columns
+        by_conv = t[t["class"] == cls].set_index(["model", "metric", "convention"]) if has_stats else None
         for model, mcfg in cfg["models"].items():
             row = {"setting": cfg.get("setting", exp), "experiment": exp, "model": model,
                    "params": int(t[t.model == model]["params"].iloc[0]) if (t.model == model).any() else None,
@@ -280,28 +426,46 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
                 if ref and (ref, m) in sel.index:
                     row[f"{m}_gain_pct"] = _gain(r["mean"], sel.loc[(ref, m)]["mean"])
                     row[f"{m}_gain_pct_paper"] = _gain(r["paper_value"], sel.loc[(ref, m)]["paper_value"])
+                if ref and has_stats:  # paired statistics: the headline convention, else the engine's per-case values
+                    for c in dict.fromkeys((conv, "engine")):
+                        if (model, m, c) in by_conv.index and pd.notna(by_conv.loc[(model, m, c), "diff"]):
+                            st = by_conv.loc[(model, m, c)]
+                            row.update({f"{m}_diff": st["diff"], f"{m}_ci_low": st["ci_low"],
+                                        f"{m}_ci_high": st["ci_high"], f"{m}_p": st["p"], f"{m}_p_holm": st["p_holm"],
+                                        f"{m}_diff_convention": c,
+                                        f"{m}_stats_note": _text(pd.Series([st.get("stats_note")])).iloc[0]})
+                            break
             rows.append(row)
     df = pd.DataFrame(rows)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
     metric_names = [c for c in df.columns if c not in ("setting", "experiment", "model", "params", "convention", "class",
                                                        "spread")
-                    and not c.endswith(("_sd", "_paper", "_gain_pct", "_gain_pct_paper"))]
+                    and not c.endswith(("_sd", "_paper", "_gain_pct", "_gain_pct_paper", "_diff", "_ci_low", "_ci_high",
+                                        "_p", "_p_holm", "_diff_convention", "_stats_note"))]
     header = ["setting", "model", "params"] + [f"{m} ours (paper)" for m in metric_names]
     lines = [f"## {group}: paper table\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in df.to_dict("records"):
-        cells = [str(r["setting"]), str(r["model"]), f"{r['params']:,}" if r["params"] is not None else ""]
+        cells = [md_escape(r["setting"]), md_escape(r["model"]), f"{r['params']:,}" if r["params"] is not None else ""]
         for m in metric_names:
             cell = _cell(r.get(m, math.nan), r.get(f"{m}_sd", math.nan), r.get(f"{m}_paper", math.nan), m)
             gain, gain_p = r.get(f"{m}_gain_pct", math.nan), r.get(f"{m}_gain_pct_paper", math.nan)
             if isinstance(gain, float) and not math.isnan(gain):
                 cell += f", {gain:+.1f}%" + (f" ({gain_p:+.1f}%)" if not math.isnan(gain_p) else "")
-            cells.append(cell)
+            diff = r.get(f"{m}_diff", math.nan)
+            if isinstance(diff, float) and not math.isnan(diff):
+                c = r[f"{m}_diff_convention"]
+                cell += "; Δ " + format_diff(diff, r[f"{m}_ci_low"], r[f"{m}_ci_high"], r[f"{m}_p"], r[f"{m}_p_holm"], m,
+                                             r.get(f"{m}_stats_note", "")) + ("" if c == r["convention"] else f" ({c})")
+            cells.append(md_escape(cell))
         lines.append("| " + " | ".join(cells) + " |")
     conv = ", ".join(sorted(set(df["convention"])))
     spread = ", ".join(sorted(set(df["spread"].dropna()))) if "spread" in df else "sd over seeds"
     lines.append(f"\nConvention: {conv}. Cells: ours mean ± {spread} (paper's value); gains relative to "
-                 "the model each row is compared with (config `compare_to`), ours (paper's).\n")
+                 "the model each row is compared with (config `compare_to`), ours (paper's); Δ: paired difference to "
+                 "that model (same case and seed), [95% bootstrap CI resampling cases], Wilcoxon signed-rank p on "
+                 "per-case means and Holm-adjusted p_holm within the experiment; (engine) when the headline "
+                 "convention is not per case and the engine's per-case values were tested instead.\n")
     with atomic_path(out_md) as tmp:
         tmp.write_text("\n".join(lines))
     return df

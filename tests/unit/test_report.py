@@ -47,3 +47,24 @@ def test_paper_table_gain_and_paper_values(tmp_path):
     assert kd["dice_sd"] == pytest.approx(0.2)  # 2 x case sd
     md = (tmp_path / "p.md").read_text()
     assert "0.600 ± 0.200 (0.772), +20.0% (+8.0%)" in md
+
+
+def test_paper_table_shows_paired_difference(tmp_path):
+    rows = []
+    for model, mean in (("s1", 0.5), ("kd", 0.6)):
+        for conv in ("mtms_pooled", "engine"):
+            rows.append({"experiment": "e", "model": model, "class": "fg", "metric": "dice", "convention": conv,
+                         "mean": mean, "sd": 0.01, "case_sd": 0.1, "paper_value": math.nan, "params": 100})
+    t = pd.DataFrame(rows)
+    # the pooled convention has no per-case values: the engine's paired test is shown, labelled
+    t.loc[(t.model == "kd") & (t.convention == "engine"), ["compared_to", "diff", "ci_low", "ci_high", "p", "p_holm"]] = \
+        ["s1", 0.1, 0.05, 0.15, 0.03, 0.09]
+    t.to_csv(tmp_path / "e.csv", index=False)
+    cfg = {"task": "segmentation", "setting": "spleen", "models": {"s1": {}, "kd": {"compare_to": "s1"}},
+           "headline": {"convention": "mtms_pooled", "class": "fg", "metrics": ["dice"]}}
+    df = paper_table("mtms", {"e": cfg}, {"e": tmp_path / "e.csv"}, tmp_path / "p.csv", tmp_path / "p.md")
+    kd = df[df.model == "kd"].iloc[0]
+    assert kd["dice_diff"] == pytest.approx(0.1) and kd["dice_diff_convention"] == "engine"
+    md = (tmp_path / "p.md").read_text()
+    assert "| spleen | kd | 100 | 0.600 ± 0.010, +20.0%; Δ +0.100 [0.050, 0.150], p = 0.03, p_holm = 0.09 (engine) |" in md
+    assert "| dice ours (paper) |" in md  # the stats columns are not taken for metrics

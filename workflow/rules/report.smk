@@ -1,4 +1,5 @@
-# tables: per-experiment tables and figures; collect: results/tables/all.csv with MLflow run ids.
+# tables: per-experiment tables and figures, paired statistics (<exp>_stats.csv) and health flags;
+# collect: results/tables/all.csv with MLflow run ids and results/tables/health.md.
 
 
 rule tables:
@@ -11,9 +12,12 @@ rule tables:
         tex="results/tables/{exp}.tex",
         png=report("results/figures/{exp}.png", caption="../report/experiment.rst", category="Results"),
         curves=report("results/figures/{exp}_curves.png", caption="../report/curves.rst", category="Training"),
+        stats="results/tables/{exp}_stats.csv",
     params:
         code=code("tables"),
         spec=lambda w: canonical_json(exp_cfg(w.exp)),
+        health=canonical_json(CFG["health"]),
+        stats=canonical_json(CFG["stats"]),
         order=lambda w: " ".join(exp_cfg(w.exp)["models"]),
         model_dirs=lambda w: " ".join(model_dir(w.exp, m, s) for m, s in all_runs(w.exp)),
     log:
@@ -23,7 +27,8 @@ rule tables:
     shell:
         "workflow/scripts/medkd tables --experiment {wildcards.exp} --experiment-spec {params.spec:q} --metrics {input.metrics}"
         " --model-order {params.order} --model-dirs {params.model_dirs} --csv {output.csv} --md {output.md} --tex {output.tex}"
-        " --png {output.png} --curves {output.curves} > {log} 2>&1"
+        " --png {output.png} --curves {output.curves} --stats {output.stats} --health-spec {params.health:q}"
+        " --stats-spec {params.stats:q} > {log} 2>&1"
 
 
 rule paper_table:
@@ -53,6 +58,7 @@ rule collect:
         runs="results/mlflow/runs.json",
     output:
         all=report("results/tables/all.csv", caption="../report/all.rst", category="Results"),
+        health="results/tables/health.md",
     params:
         code=code("collect"),
     log:
@@ -61,7 +67,7 @@ rule collect:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd collect --tables {input.tables} --robustness {input.robustness} --runs {input.runs}"
-        " --out {output.all} > {log} 2>&1"
+        " --out {output.all} --health-md {output.health} > {log} 2>&1"
 
 
 rule robustness_table:
