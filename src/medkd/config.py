@@ -51,6 +51,15 @@ def _with_defaults(validator_class):
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
+def schema_validator(schema: dict) -> jsonschema.protocols.Validator:
+    """A JSON Schema (draft 2020-12) validator of ``schema`` that fills ``default`` values while validating.
+
+    The one recipe for medkd's YAML files: this module's config schema and ``config/datasets.yaml``
+    (:mod:`medkd.data.sources.spec`).
+    """
+    return _Validator(schema)
+
+
 def load_schema() -> dict:
     with open(SCHEMA_PATH) as fh:
         return yaml.safe_load(fh)
@@ -106,7 +115,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
             broken reference (unknown dataset, teacher, split subset, init model).
     """
     cfg = copy.deepcopy(cfg)
-    validator = _Validator(load_schema())
+    validator = schema_validator(load_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError(_format_error(jsonschema.exceptions.best_match(errors), source))

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from medkd.config import cached_teachers, experiment_seeds, load_config, online_teachers, teacher_taps
-from medkd.data.sources import load_datasets_yaml
+from medkd.data.sources.spec import load_datasets_yaml
 from wfhelpers import REPO, copy_repo, run, snakemake
 
 pytestmark = pytest.mark.slow

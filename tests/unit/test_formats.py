@@ -494,7 +494,7 @@ def test_convert_dataset_dispatch_and_option_check(tmp_path):
 
 def test_every_datasets_yaml_converter_exists():
     from medkd.config import REPO_ROOT
-    from medkd.data.sources import load_datasets_yaml
+    from medkd.data.sources.spec import load_datasets_yaml
 
     specs = load_datasets_yaml(REPO_ROOT / "config" / "datasets.yaml")
     assert {s["converter"] for s in specs.values()} <= set(formats.FORMATS.names())

@@ -2,9 +2,9 @@
 #
 # Raw data: embedded datasets are generated into data/<dataset>/ by `fetch` (marker dataset.json);
 # download and manual datasets are described in config/datasets.yaml and land in data/<source>/ by
-# `fetch_source` (marker .medkd-fetched.json written by medkd.data.sources.fetch_dataset), where <source> is
-# the dataset's `source` (default its own name). A manual dataset whose files are absent stops the DAG at
-# planning time (also under -n) with the list of missing paths and where to request the data.
+# `fetch_source` (marker .medkd-fetched.json written by medkd.data.sources.fetch.fetch_dataset), where
+# <source> is the dataset's `source` (default its own name). A manual dataset whose files are absent stops
+# the DAG at planning time (also under -n) with the list of missing paths and where to request the data.
 include: "sources.smk"
 
 
@@ -26,7 +26,7 @@ rule fetch_source:
     input:
         manual_files_present,
     output:
-        marker=f"{DATA_ROOT}/{{source}}/{_sources.MARKER_NAME}",
+        marker=f"{DATA_ROOT}/{{source}}/{_fetch.MARKER_NAME}",
     wildcard_constraints:
         source=r"[a-z0-9][a-z0-9_]*",
     params:
