@@ -23,7 +23,7 @@ MR sequences: the four BraTS sequences in the channel order of MSD Task01 (``dat
 repository feeds 128x128x3 "RGB" inputs, i.e. three of the four sequences; which three is not stated, so
 :data:`DEFAULT_THREE_SEQUENCES` (FLAIR, T1ce, T2) is the re-implementers' choice, and
 :func:`select_sequences` maps any names (BraTS file suffixes, MSD modality names, BraTS 2023 suffixes) to
-channel indices for :func:`medkd.data.convert.convert_msd` ``channels=``.
+channel indices for :func:`medkd.data.formats.msd.convert_msd` ``channels=``.
 """
 
 from __future__ import annotations

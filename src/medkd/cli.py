@@ -44,7 +44,7 @@ def cmd_fetch(args) -> None:
     ``--dataset-spec`` is the config entry (or, from the ``fetch_source`` rule, ``{"kind", "source"}``).
     Download and manual datasets are looked up in ``--datasets-yaml`` under ``source`` (default: the
     dataset's name) and land in ``<parent of --out>/<source>``, which must be ``--out`` itself. A manual
-    dataset with missing files raises :class:`medkd.data.sources.ManualDatasetMissing`, whose message lists
+    dataset with missing files raises :class:`medkd.data.sources.fetch.ManualDatasetMissing`, whose message lists
     one missing path per line and where to request the data (``main`` turns it into exit code 2).
     """
     ds = json.loads(args.dataset_spec)
@@ -56,7 +56,8 @@ def cmd_fetch(args) -> None:
         generate_embedded(args.out, n_cases=g.get("n_cases", 10), seed=g.get("seed", 1234),
                           resolution_mm=g.get("resolution_mm", 2.0), lesion=g.get("lesion", True))
         return
-    from medkd.data.sources import fetch_dataset, load_datasets_yaml
+    from medkd.data.sources.fetch import fetch_dataset
+    from medkd.data.sources.spec import load_datasets_yaml
 
     specs = load_datasets_yaml(args.datasets_yaml)
     source = ds.get("source", args.dataset)

@@ -51,8 +51,16 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-Validator = _with_defaults(jsonschema.Draft202012Validator)
-"""Draft 2020-12 validator that fills the schema's defaults into the instance it validates."""
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def schema_validator(schema: dict) -> jsonschema.protocols.Validator:
+    """A JSON Schema (draft 2020-12) validator of ``schema`` that fills ``default`` values while validating.
+
+    The one recipe for medkd's YAML files: this module's config schema and ``config/datasets.yaml``
+    (:mod:`medkd.data.sources.spec`).
+    """
+    return _Validator(schema)
 
 
 def load_schema() -> dict:
@@ -110,7 +118,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
             broken reference (unknown dataset, teacher, split subset, init model).
     """
     cfg = copy.deepcopy(cfg)
-    validator = Validator(load_schema())
+    validator = schema_validator(load_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError(format_error(jsonschema.exceptions.best_match(errors), source))

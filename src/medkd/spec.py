@@ -295,13 +295,13 @@ _CONTEXT = {
 
 @lru_cache(maxsize=1)
 def _model_validator():
-    from medkd.config import Validator, load_schema
+    from medkd.config import load_schema, schema_validator
 
     schema = load_schema()
     model = copy.deepcopy(schema["$defs"]["model"])
     model["properties"].update(_CONTEXT)
     model["required"] = sorted(set(model["required"]) | {"experiment", "model", "dataset", "task", "channels", "losses"})
-    return Validator({**model, "$defs": schema["$defs"]})
+    return schema_validator({**model, "$defs": schema["$defs"]})
 
 
 def _validated_model(d: Mapping) -> dict:

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from medkd.config import experiment_seeds, load_config
-from medkd.data.sources import load_datasets_yaml
+from medkd.data.sources.spec import load_datasets_yaml
 from wfhelpers import REPO, copy_repo, planned_jobs, run, snakemake
 
 pytestmark = pytest.mark.slow

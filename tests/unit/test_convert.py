@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from skimage.transform import resize
 
-from medkd.data.convert import convert_msd, normalise_volume, read_msd_cases
+from medkd.data.convert import normalise_volume
+from medkd.data.formats.msd import convert_msd, read_msd_cases
 from medkd.data.store import SliceStore
 
 # on-disk voxel (i, j, k) -> world: x = -2 j + 40, y = 3 k - 20, z = -1 i + 30 (axes permuted and flipped)

@@ -1,7 +1,9 @@
-"""Converters of the non-MSD formats (medkd.data.formats), each on a tiny fixture written in its layout."""
+"""Converters of the non-MSD formats (medkd.data.formats.<format>), each on a tiny fixture written in its layout;
+the shared geometry (medkd.data.geometry) and options (medkd.data.convert); dispatch and schema."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import h5py
@@ -12,9 +14,20 @@ import scipy.io
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
-from medkd.data import formats
+from medkd.data import convert, formats, geometry
+from medkd.data.formats import (
+    acdc_nifti,
+    brats_nifti,
+    busi_png,
+    cc359_nifti,
+    hecktor_nifti,
+    mrbrains13,
+    picai_mha,
+    vn_knee_mat,
+)
 from medkd.data.store import SliceStore
 
 RNG = np.random.default_rng(0)
@@ -53,7 +66,7 @@ NONE = {"normalise": "none"}
 def test_read_volume_itk_identity_direction_is_flipped_to_ras(tmp_path):
     data = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
     path = save_mha(tmp_path / "v.mha", data, spacing=(0.5, 2.0, 3.0), origin=(10.0, 20.0, 30.0))
-    out, affine = formats.read_volume(path)
+    out, affine = geometry.read_volume(path)
     # ITK identity direction is LPS: +x points Left, +y Posterior; RAS canonical reverses axes 0 and 1.
     np.testing.assert_array_equal(out, data[::-1, ::-1, :])
     # canonical voxel (0, 0, 0) is ITK index (1, 2, 0): LPS (10 + 1*0.5, 20 + 2*2, 30) = (10.5, 24, 30)
@@ -64,7 +77,7 @@ def test_read_volume_itk_identity_direction_is_flipped_to_ras(tmp_path):
 def test_read_volume_nifti_matches_nibabel_canonical(tmp_path):
     data = RNG.random((3, 4, 5)).astype(np.float32)
     flip_x = np.diag([-1.0, 1.0, 1.0, 1.0])  # LAS storage: canonical flips axis 0
-    out, affine = formats.read_volume(save_nii(tmp_path / "v.nii.gz", data, flip_x))
+    out, affine = geometry.read_volume(save_nii(tmp_path / "v.nii.gz", data, flip_x))
     np.testing.assert_array_equal(out, data[::-1])
     assert affine[0, 0] == 1.0 and affine[0, 3] == -2.0  # voxel 0 of the canonical axis is old voxel 2 at x = -2
 
@@ -72,51 +85,51 @@ def test_read_volume_nifti_matches_nibabel_canonical(tmp_path):
 def test_read_volume_rejects_unknown_and_corrupt(tmp_path):
     (tmp_path / "v.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="unsupported volume format"):
-        formats.read_volume(tmp_path / "v.png")
+        geometry.read_volume(tmp_path / "v.png")
     (tmp_path / "bad.mha").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="bad.mha: cannot read image"):
-        formats.read_volume(tmp_path / "bad.mha")
+        geometry.read_volume(tmp_path / "bad.mha")
 
 
 def test_resample_to_grid_shift_and_identity():
     data = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
     eye = np.eye(4)
-    assert formats.resample_to_grid(data, eye, data.shape, eye) is data  # already on the grid
+    assert geometry.resample_to_grid(data, eye, data.shape, eye) is data  # already on the grid
     shifted = eye.copy()
     shifted[0, 3] = 1.0  # target voxel i sits at x = i + 1 = source voxel i + 1
-    out = formats.resample_to_grid(data, eye, (3, 3, 2), shifted, order=1)
+    out = geometry.resample_to_grid(data, eye, (3, 3, 2), shifted, order=1)
     np.testing.assert_allclose(out, data[1:])
     coarse = np.diag([2.0, 2.0, 2.0, 1.0])  # a 2 mm grid: target voxel i -> source voxel 2i
-    np.testing.assert_array_equal(formats.resample_to_grid(data, eye, (2, 2, 1), coarse, order=0), data[::2, ::2, ::2])
+    np.testing.assert_array_equal(geometry.resample_to_grid(data, eye, (2, 2, 1), coarse, order=0), data[::2, ::2, ::2])
 
 
 def test_nearest_indices_match_torch_interpolate():
     for n_in, n_out in [(500, 224), (471, 224), (224, 224), (37, 224), (1000, 3), (599, 224)]:
         x = torch.arange(n_in, dtype=torch.float32).view(1, 1, n_in, 1)
         expected = F.interpolate(x, size=(n_out, 1), mode="nearest").view(-1).long().numpy()
-        np.testing.assert_array_equal(formats.nearest_indices(n_in, n_out), expected, err_msg=f"{n_in}->{n_out}")
+        np.testing.assert_array_equal(geometry.nearest_indices(n_in, n_out), expected, err_msg=f"{n_in}->{n_out}")
 
 
 def test_bbox_grid_is_the_organisers_lps_grid_in_ras():
     # LPS box x 0..4, y 0..3, z 0..2 at 1 mm: shape (4, 3, 2). Canonical voxel (0, 0, 0) is the LPS corner
     # (x, y) = (3, 2) -> RAS (-3, -2, 0); RAS axes then grow by +1 mm.
-    shape, affine = formats.bbox_grid(np.array([0, 0, 0, 4, 3, 2.0]), (1, 1, 1))
+    shape, affine = hecktor_nifti.bbox_grid(np.array([0, 0, 0, 4, 3, 2.0]), (1, 1, 1))
     assert shape == (4, 3, 2)
     np.testing.assert_allclose(affine, [[1, 0, 0, -3], [0, 1, 0, -2], [0, 0, 1, 0], [0, 0, 0, 1]])
     with pytest.raises(ValueError, match="resolution_mm"):
-        formats.bbox_grid(np.array([0, 0, 0, 4, 3, 2.0]), (1, 1))
+        hecktor_nifti.bbox_grid(np.array([0, 0, 0, 4, 3, 2.0]), (1, 1))
 
 
 def test_slice_options_validation():
-    opts = formats.slice_options(size=[8, 6], modality_normalise={"CT": {"normalise": "window", "window": [-1, 1]}},
+    opts = convert.slice_options(size=[8, 6], modality_normalise={"CT": {"normalise": "window", "window": [-1, 1]}},
                                  channel_names=["CT", "PT"])
     assert opts.method_for("CT") == ("window", [-1, 1]) and opts.method_for("PT") == ("zscore", None)
     with pytest.raises(ValueError, match="not among the converted channels"):
-        formats.slice_options(modality_normalise={"MR": {}}, channel_names=["CT"])
+        convert.slice_options(modality_normalise={"MR": {}}, channel_names=["CT"])
     with pytest.raises(ValueError, match="window"):
-        formats.slice_options(modality_normalise={"CT": {"normalise": "window"}}, channel_names=["CT"])
+        convert.slice_options(modality_normalise={"CT": {"normalise": "window"}}, channel_names=["CT"])
     with pytest.raises(ValueError, match="axis"):
-        formats.slice_options(axis=3)
+        convert.slice_options(axis=3)
 
 
 # ------------------------------------------------------------------------------------------ BraTS
@@ -142,7 +155,7 @@ def test_convert_brats(tmp_path):
     _brats_case(src, "BraTS2021_00001", label=False, offset=1.0)
     (src / ".archives").mkdir()
     out = tmp_path / "brats.h5"
-    formats.convert_brats(src, out, modalities=["t2", "flair"], size=[6, 5], **NONE)
+    brats_nifti.convert_brats(src, out, modalities=["t2", "flair"], size=[6, 5], **NONE)
     attrs, cases = read_store(out)
     assert attrs["channel_names"] == ["t2", "flair"] and attrs["label_names"]["4"] == "ET"
     assert sorted(cases) == ["BraTS2021_00000", "BraTS2021_00001"]
@@ -159,11 +172,11 @@ def test_convert_brats_errors_name_the_file(tmp_path):
     _brats_case(src, "BraTS2021_00000")
     (src / "BraTS2021_00000" / "BraTS2021_00000_t1ce.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match="BraTS2021_00000_t1ce.nii.gz"):
-        formats.convert_brats(src, tmp_path / "o.h5", **NONE)
+        brats_nifti.convert_brats(src, tmp_path / "o.h5", **NONE)
     _brats_case(src, "BraTS2021_00000")
     save_nii(src / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz", np.zeros((6, 5, 3), np.uint8))
     with pytest.raises(ValueError, match="not on the grid"):
-        formats.convert_brats(src, tmp_path / "o.h5", **NONE)
+        brats_nifti.convert_brats(src, tmp_path / "o.h5", **NONE)
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -188,7 +201,7 @@ def test_convert_acdc(tmp_path):
     _acdc_patient(src, "training", "patient001", ed=1, es=12)
     _acdc_patient(src, "testing", "patient101", ed=1, es=9, gt=False)
     out = tmp_path / "acdc.h5"
-    formats.convert_acdc(src, out, size=[5, 4], **NONE)
+    acdc_nifti.convert_acdc(src, out, size=[5, 4], **NONE)
     attrs, cases = read_store(out)
     assert sorted(cases) == ["patient001_ED", "patient001_ES", "patient101_ED", "patient101_ES"]
     es = cases["patient001_ES"]
@@ -197,10 +210,10 @@ def test_convert_acdc(tmp_path):
     assert es.label is not None and int(es.label.max()) == 3
     assert cases["patient101_ED"].label is None
     np.testing.assert_allclose(es.spacing, (1.5, 1.5, 10.0))
-    formats.convert_acdc(src, out, frames=["ED"], subsets=["training"], size=[5, 4], **NONE)
+    acdc_nifti.convert_acdc(src, out, frames=["ED"], subsets=["training"], size=[5, 4], **NONE)
     assert sorted(read_store(out)[1]) == ["patient001_ED"]
     with pytest.raises(ValueError, match="frames"):
-        formats.convert_acdc(src, out, frames=["mid"], **NONE)
+        acdc_nifti.convert_acdc(src, out, frames=["mid"], **NONE)
 
 
 def test_acdc_missing_frame_and_bad_info(tmp_path):
@@ -208,10 +221,10 @@ def test_acdc_missing_frame_and_bad_info(tmp_path):
     _acdc_patient(src, "training", "patient001")
     (src / "training/patient001/patient001_frame03.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match="patient001_frame03.nii.gz"):
-        formats.convert_acdc(src, tmp_path / "o.h5", subsets=["training"], **NONE)
+        acdc_nifti.convert_acdc(src, tmp_path / "o.h5", subsets=["training"], **NONE)
     (src / "training/patient001/Info.cfg").write_text("ED: one\n")
     with pytest.raises(ValueError, match="Info.cfg needs an integer ED"):
-        formats.convert_acdc(src, tmp_path / "o.h5", subsets=["training"], **NONE)
+        acdc_nifti.convert_acdc(src, tmp_path / "o.h5", subsets=["training"], **NONE)
 
 
 # ------------------------------------------------------------------------------------------ MRBrainS13
@@ -227,7 +240,7 @@ def test_convert_mrbrains_nifti_and_mhd(tmp_path):
     lab[1, 1, 1] = 2
     save_nii(src / "TrainingData/1/LabelsForTesting.nii", lab)
     out = tmp_path / "mrb.h5"
-    formats.convert_mrbrains(src, out, modalities=["T2_FLAIR", "T1"], size=[4, 4], **NONE)
+    mrbrains13.convert_mrbrains(src, out, modalities=["T2_FLAIR", "T1"], size=[4, 4], **NONE)
     attrs, cases = read_store(out)
     assert attrs["channel_names"] == ["T2_FLAIR", "T1"] and attrs["label_names"]["3"] == "WM"
     train, test = cases["TrainingData_1"], cases["TestData_1"]
@@ -235,7 +248,7 @@ def test_convert_mrbrains_nifti_and_mhd(tmp_path):
     np.testing.assert_array_equal(test.image[:, 1], 11.0)  # read through SimpleITK (.mhd + .raw)
     assert test.label is None and int(train.label.sum()) == 2
     with pytest.raises(ValueError, match="label_file"):
-        formats.convert_mrbrains(src, out, label_file="Labels", **NONE)
+        mrbrains13.convert_mrbrains(src, out, label_file="Labels", **NONE)
 
 
 # ------------------------------------------------------------------------------------------ CC-359
@@ -247,7 +260,7 @@ def test_convert_cc359(tmp_path):
     save_nii(src / "Original/CC0001_philips_15_55_M.nii.gz", vol)
     save_nii(src / "Original/CC0002_ge_3_45_F.nii.gz", vol + 1)
     out = tmp_path / "cc.h5"
-    formats.convert_cc359(src, out, size=[3, 3], normalise="minmax", axis=0)
+    cc359_nifti.convert_cc359(src, out, size=[3, 3], normalise="minmax", axis=0)
     attrs, cases = read_store(out)
     assert sorted(cases) == ["CC0001_philips_15_55_M", "CC0002_ge_3_45_F"]
     c = cases["CC0001_philips_15_55_M"]
@@ -255,7 +268,7 @@ def test_convert_cc359(tmp_path):
     assert 0.0 <= c.image.min() and c.image.max() <= 1.0
     np.testing.assert_allclose(c.spacing, (2.0, 5 / 3, 1.0))  # (6 * 1 mm / 3, 5 * 1 mm / 3, slice 1 mm)
     with pytest.raises(FileNotFoundError, match="Calgary"):
-        formats.convert_cc359(src, out, folder="Missing")
+        cc359_nifti.convert_cc359(src, out, folder="Missing")
 
 
 # ------------------------------------------------------------------------------------------ knee .mat
@@ -264,14 +277,14 @@ def test_convert_cc359(tmp_path):
 def test_read_mat_array_v5_and_v73(tmp_path):
     ref = (RNG.random((5, 3)) + 1j * RNG.random((5, 3))).astype(np.complex64)
     scipy.io.savemat(tmp_path / "a.mat", {"reference": ref, "other": np.ones(2)})
-    np.testing.assert_array_equal(formats.read_mat_array(tmp_path / "a.mat", "reference"), ref)
+    np.testing.assert_array_equal(vn_knee_mat.read_mat_array(tmp_path / "a.mat", "reference"), ref)
     with h5py.File(tmp_path / "b.mat", "w") as fh:  # v7.3: HDF5, column-major, complex as a compound
         comp = np.zeros((3, 5), dtype=[("real", "<f4"), ("imag", "<f4")])
         comp["real"], comp["imag"] = ref.real.T, ref.imag.T
         fh.create_dataset("reference", data=comp)
-    np.testing.assert_allclose(formats.read_mat_array(tmp_path / "b.mat", "reference"), ref)
+    np.testing.assert_allclose(vn_knee_mat.read_mat_array(tmp_path / "b.mat", "reference"), ref)
     with pytest.raises(ValueError, match=r"no variable 'rawdata' \(has \['other', 'reference'\]\)"):
-        formats.read_mat_array(tmp_path / "a.mat", "rawdata")
+        vn_knee_mat.read_mat_array(tmp_path / "a.mat", "rawdata")
 
 
 def test_convert_knee_mat(tmp_path):
@@ -286,7 +299,7 @@ def test_convert_knee_mat(tmp_path):
         scipy.io.savemat(patient / f"espirit{k}.mat", {"reference": ref})
     (src / "coronal_pd/1/rawdata1.mat").write_bytes(b"ignored")
     out = tmp_path / "knee.h5"
-    formats.convert_knee_mat(src, out, size=[8, 4], spacing_mm=[0.5, 0.4, 3.0], **NONE)
+    vn_knee_mat.convert_knee_mat(src, out, size=[8, 4], spacing_mm=[0.5, 0.4, 3.0], **NONE)
     attrs, cases = read_store(out)
     c = cases["coronal_pd_1"]
     assert c.image.shape == (3, 1, 8, 4)
@@ -294,7 +307,7 @@ def test_convert_knee_mat(tmp_path):
     np.testing.assert_array_equal(c.attrs["slice_numbers"], [1, 2, 10])
     np.testing.assert_allclose(c.spacing, (0.5, 0.4, 3.0))
     with pytest.raises(ValueError, match="axis must be 2"):
-        formats.convert_knee_mat(src, out, axis=0, **NONE)
+        vn_knee_mat.convert_knee_mat(src, out, axis=0, **NONE)
 
 
 # ------------------------------------------------------------------------------------------ BUSI
@@ -327,7 +340,7 @@ def test_convert_busi_reproduces_pcd_loader(tmp_path):
     src = tmp_path / "busi"
     rgb, mask, grey = _busi(src)
     out = tmp_path / "busi.h5"
-    formats.convert_busi(src, out, size=[4, 4], normalise="window", window=[0, 255])
+    busi_png.convert_busi(src, out, size=[4, 4], normalise="window", window=[0, 255])
     attrs, cases = read_store(out)
     assert sorted(cases) == ["benign_2", "malignant_10", "normal_1"]
     assert attrs["channel_names"] == ["R", "G", "B"]
@@ -350,23 +363,23 @@ def test_convert_busi_options(tmp_path):
     src = tmp_path / "busi"
     _busi(src)
     out = tmp_path / "busi.h5"
-    formats.convert_busi(src, out, size=[10, 7], extra_masks="union", mask_threshold=128, **NONE)
+    busi_png.convert_busi(src, out, size=[10, 7], extra_masks="union", mask_threshold=128, **NONE)
     label = read_store(out)[1]["benign_2"].label[0]
     assert label[9, 0] == 1 and label[8, 6] == 1 and int(label.sum()) == 4 * 3 + 2
     (src / "normal/normal (1)_mask.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"normal \(1\)_mask.png"):
-        formats.convert_busi(src, out, **NONE)
+        busi_png.convert_busi(src, out, **NONE)
     (src / "normal/normal (1)_mask.png").write_bytes(b"")
     _png(src / "normal/other.png", np.zeros((2, 2)))
     with pytest.raises(ValueError, match="not a BUSI image name"):
-        formats.convert_busi(src, out, **NONE)
+        busi_png.convert_busi(src, out, **NONE)
 
 
 def test_busi_case_id_maps_pcd_split_entries():
-    assert formats.busi_case_id("benign/benign (406).png") == "benign_406"
-    assert formats.busi_case_id("normal (38).png") == "normal_38"
+    assert busi_png.busi_case_id("benign/benign (406).png") == "benign_406"
+    assert busi_png.busi_case_id("normal (38).png") == "normal_38"
     with pytest.raises(ValueError):
-        formats.busi_case_id("benign/benign (406)_mask.png")
+        busi_png.busi_case_id("benign/benign (406)_mask.png")
 
 
 # ------------------------------------------------------------------------------------------ HECKTOR
@@ -392,7 +405,7 @@ def test_convert_hecktor_bbox_crop(tmp_path):
     src = tmp_path / "hecktor"
     ct, gt = _hecktor(src)
     out = tmp_path / "h.h5"
-    formats.convert_hecktor(src, out, image_order=1, size=[4, 4], **NONE)
+    hecktor_nifti.convert_hecktor(src, out, image_order=1, size=[4, 4], **NONE)
     attrs, cases = read_store(out)
     c = cases["CHGJ007"]
     assert attrs["channel_names"] == ["CT", "PT"] and c.image.shape == (3, 2, 4, 4)
@@ -401,7 +414,7 @@ def test_convert_hecktor_bbox_crop(tmp_path):
     np.testing.assert_allclose(c.image[:, 1], x_mm, atol=1e-5)  # PET resampled onto the box: value = x
     np.testing.assert_array_equal(c.label, np.moveaxis(gt[3:7, 2:6, 1:4], 2, 0))
     assert int(c.label.sum()) == 1
-    formats.convert_hecktor(src, out, image_order=3, size=[4, 4], **NONE)  # the organisers' cubic B-spline
+    hecktor_nifti.convert_hecktor(src, out, image_order=3, size=[4, 4], **NONE)  # the organisers' cubic B-spline
     np.testing.assert_allclose(read_store(out)[1]["CHGJ007"].image[:, 0], np.moveaxis(ct[3:7, 2:6, 1:4], 2, 0),
                                atol=1e-2)
 
@@ -410,16 +423,16 @@ def test_convert_hecktor_no_crop_and_errors(tmp_path):
     src = tmp_path / "hecktor"
     ct, _ = _hecktor(src)
     out = tmp_path / "h.h5"
-    formats.convert_hecktor(src, out, crop="none", modalities=["PT"], size=[10, 9],
+    hecktor_nifti.convert_hecktor(src, out, crop="none", modalities=["PT"], size=[10, 9],
                             modality_normalise={"PT": {"normalise": "none"}})
     c = read_store(out)[1]["CHGJ007"]
     assert c.image.shape == (6, 1, 10, 9)
     np.testing.assert_allclose(c.image[0, 0, :9, 0], np.arange(9), atol=1e-5)  # x mm inside the PET field
     (src / "hecktor2021_bbox_training.csv").write_text("PatientID,x1,x2,y1,y2,z1,z2\nOTHER,0,1,0,1,0,1\n")
     with pytest.raises(ValueError, match="no bounding box for"):
-        formats.convert_hecktor(src, out, **NONE)
+        hecktor_nifti.convert_hecktor(src, out, **NONE)
     with pytest.raises(ValueError, match="modalities"):
-        formats.convert_hecktor(src, out, modalities=["MR"], **NONE)
+        hecktor_nifti.convert_hecktor(src, out, modalities=["MR"], **NONE)
 
 
 # ------------------------------------------------------------------------------------------ PI-CAI
@@ -435,12 +448,12 @@ def test_convert_picai(tmp_path):
     save_mha(folder / "10001_1000001_hbv.mha", adc + 5, spacing=(1.0, 1.0, 3.0))
     for m in ("t2w", "adc", "hbv"):
         save_mha(src / "images/10002" / f"10002_1000002_{m}.mha", t2)
-    canon_t2, affine = formats.read_volume(folder / "10001_1000001_t2w.mha")
+    canon_t2, affine = geometry.read_volume(folder / "10001_1000001_t2w.mha")
     label = np.zeros(canon_t2.shape, np.uint8)
     label[1, 2, 0] = 3  # ISUP 3
     save_nii(src / "labels/csPCa_lesion_delineations/human_expert/resampled/10001_1000001.nii.gz", label, affine)
     out = tmp_path / "p.h5"
-    formats.convert_picai(src, out, size=[6, 6], **NONE)
+    picai_mha.convert_picai(src, out, size=[6, 6], **NONE)
     attrs, cases = read_store(out)
     assert list(cases) == ["10001_1000001"]  # 10002 has no label: skipped
     c = cases["10001_1000001"]
@@ -453,11 +466,11 @@ def test_convert_picai(tmp_path):
     np.testing.assert_allclose(c.image[0, 1, :, 0], 0.0)  # j = 5: y = 2.5 mm, outside the ADC field
     prov = json.loads(json.dumps(attrs["provenance"]))
     assert prov["unlabelled_studies"] == ["10002_1000002"]
-    formats.convert_picai(src, out, unlabelled="keep", size=[6, 6], **NONE)
+    picai_mha.convert_picai(src, out, unlabelled="keep", size=[6, 6], **NONE)
     assert read_store(out)[1]["10002_1000002"].label is None
     save_nii(src / "labels/csPCa_lesion_delineations/human_expert/resampled/10001_1000001.nii.gz", label)
     with pytest.raises(ValueError, match="not on the grid"):
-        formats.convert_picai(src, out, **NONE)
+        picai_mha.convert_picai(src, out, **NONE)
 
 
 # ------------------------------------------------------------------------------------------ dispatch
@@ -475,15 +488,16 @@ def test_convert_dataset_dispatch_and_option_check(tmp_path):
         formats.convert_dataset("cc359_nifti", src, out, {"frames": ["ED"]})
     with pytest.raises(ValueError, match="unknown convert format"):
         formats.convert_dataset("dicom", src, out, {})
-    assert set(formats.CONVERTERS) | {"msd"} == set(formats.FORMAT_OPTIONS)
+    assert formats.FORMATS.names() == ["acdc_nifti", "brats_nifti", "busi_png", "cc359_nifti", "hecktor_nifti",
+                                       "mrbrains13", "msd", "picai_mha", "vn_knee_mat"]
 
 
 def test_every_datasets_yaml_converter_exists():
     from medkd.config import REPO_ROOT
-    from medkd.data.sources import load_datasets_yaml
+    from medkd.data.sources.spec import load_datasets_yaml
 
     specs = load_datasets_yaml(REPO_ROOT / "config" / "datasets.yaml")
-    assert {s["converter"] for s in specs.values()} <= set(formats.FORMAT_OPTIONS)
+    assert {s["converter"] for s in specs.values()} <= set(formats.FORMATS.names())
 
 
 def test_cli_convert_uses_the_configured_format(tmp_path):
@@ -508,9 +522,60 @@ def test_cli_convert_uses_the_configured_format(tmp_path):
                  "--out", str(out), "--fingerprint", str(fp)]) == 2  # an option mrbrains13 does not use
 
 
-def test_schema_lists_exactly_the_converter_options():
+def _schema_convert():
     from medkd.config import load_schema
 
-    convert = load_schema()["$defs"]["dataset"]["properties"]["convert"]["properties"]
-    assert set(convert["format"]["enum"]) == set(formats.FORMAT_OPTIONS)
-    assert set(convert) - {"format"} == set().union(*formats.FORMAT_OPTIONS.values())
+    return load_schema()["$defs"]["dataset"]["properties"]["convert"]
+
+
+def test_schema_lists_exactly_the_converter_options():
+    """Every registered format's options are allowed for that format in the config schema, and vice versa."""
+    convert = _schema_convert()
+    assert convert["properties"]["format"]["enum"] == formats.FORMATS.names()
+    shared = set(convert["properties"]) - {"format"}
+    in_schema = {}
+    for branch in convert["allOf"]:
+        name = branch["if"]["properties"]["format"]["const"]
+        assert name not in in_schema, f"format {name} has two branches in the schema"
+        in_schema[name] = shared | set(branch["then"]["properties"])
+        # the branch closes the object: exactly format, the shared options and its own are accepted
+        assert set(branch["then"]["propertyNames"]["enum"]) == in_schema[name] | {"format"}, name
+    assert "additionalProperties" not in convert and "unevaluatedProperties" not in convert
+    assert in_schema == {name: set(opts) for name, opts in formats.format_options().items()}
+
+
+def test_schema_convert_object_is_generated_from_the_format_modules():
+    """The schema's convert object equals what the modules declare (types, enums, descriptions too)."""
+    convert, generated = _schema_convert(), formats.convert_schema()
+    differing = [k for k in set(convert) | set(generated) if k != "allOf" and convert.get(k) != generated.get(k)]
+    branches = {b["if"]["properties"]["format"]["const"]: b for b in convert.get("allOf", [])}
+    differing += [f"allOf/{b['if']['properties']['format']['const']}" for b in generated["allOf"]
+                  if branches.get(b["if"]["properties"]["format"]["const"]) != b]
+    assert convert == generated, (
+        f"workflow/schemas/config.schema.yaml differs from the format modules at {sorted(differing)}; paste the "
+        "output of `python -m medkd.data.formats` over $defs/dataset/properties/convert")
+
+
+def test_declared_options_are_the_converter_keywords():
+    for name in formats.FORMATS.names():
+        params = inspect.signature(formats.FORMATS.get(name).convert).parameters
+        keywords = {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY} - {"dataset"}
+        shared = set(convert.SLICE_OPTIONS_SCHEMA)
+        assert keywords - shared == set(formats.FORMATS.get(name).options) - {"modality_normalise"}, name
+        takes_slicing = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
+        assert takes_slicing or shared <= keywords, name
+
+
+def test_schema_refuses_an_option_of_another_format():
+    from medkd.config import ConfigError, REPO_ROOT, load_config
+
+    raw = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    name = next(iter(raw["datasets"]))
+    raw["datasets"][name]["convert"]["frames"] = ["ED"]  # an acdc_nifti option on an msd dataset
+    with pytest.raises(ConfigError, match=rf"datasets/{name}/convert': 'frames' is not one of .*'channels'"):
+        load_config(raw)
+    raw["datasets"][name]["convert"]["format"] = "acdc_nifti"
+    assert load_config(raw)["datasets"][name]["convert"]["frames"] == ["ED"]
+    raw["datasets"][name]["convert"]["frames"] = ["mid"]
+    with pytest.raises(ConfigError, match=rf"datasets/{name}/convert/frames/0"):
+        load_config(raw)

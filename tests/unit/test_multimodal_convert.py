@@ -17,7 +17,7 @@ import pytest
 from skimage.transform import resize
 
 from medkd.brats import select_sequences
-from medkd.data.convert import convert_msd
+from medkd.data.formats.msd import convert_msd
 from medkd.data.store import SliceStore
 
 # disk voxel (i, j, k) -> world: x = -2 j + 40, y = 3 k - 20, z = -1 i + 30 (axes permuted and flipped)

@@ -1,4 +1,4 @@
-"""Tests of medkd.data.sources: downloads served from 127.0.0.1 (with Range support implemented here),
+"""Tests of medkd.data.sources (download, archive, fetch, spec): downloads served from 127.0.0.1 (with Range support implemented here),
 checksums, resume, safe extraction, manual datasets and config/datasets.yaml validation."""
 
 from __future__ import annotations
@@ -17,21 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from medkd.data.sources import (
-    ARCHIVE_DIR_NAME,
-    MARKER_NAME,
-    ChecksumError,
-    DatasetSpecError,
-    DownloadError,
-    ManualDatasetMissing,
-    SourceError,
-    UnsafeArchiveError,
-    download,
-    fetch_dataset,
-    load_datasets_yaml,
-    safe_extract,
-    validate_dataset_spec,
-)
+from medkd.data.sources import SourceError
+from medkd.data.sources.archive import UnsafeArchiveError, safe_extract
+from medkd.data.sources.download import ChecksumError, DownloadError, download
+from medkd.data.sources.fetch import ARCHIVE_DIR_NAME, MARKER_NAME, ManualDatasetMissing, fetch_dataset
+from medkd.data.sources.spec import DatasetSpecError, load_datasets_yaml, validate_dataset_spec
 
 REPO = Path(__file__).resolve().parents[2]
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes, every byte value present
@@ -335,6 +325,24 @@ def test_safe_extract_refuses_unsafe_tar_and_leaves_nothing(tmp_path, case):
     assert leftovers(tmp_path) == ["work"]  # nothing escaped either
 
 
+def test_safe_extract_tar_goes_through_the_data_filter(tmp_path):
+    """tarfile's 'data' filter is applied: set-uid and group/other-write bits are dropped, ownership ignored."""
+    info = tarfile.TarInfo("d/run.sh")
+    info.size, info.mode, info.uid, info.uname = 2, 0o6777, 0, "root"
+    archive = tmp_path / "modes.tar"
+    archive.write_bytes(_tar_with(info, b"hi"))
+    assert safe_extract(archive, tmp_path / "out") == ["d/run.sh"]
+    mode = (tmp_path / "out" / "d" / "run.sh").stat().st_mode
+    assert mode & 0o7000 == 0 and mode & 0o022 == 0 and mode & 0o700 == 0o700
+
+
+def _tar_with(info: tarfile.TarInfo, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize("entries", [
     [("ok.txt", b"1"), ("../evil.txt", b"evil")],
     [("/abs/evil.txt", b"evil")],
@@ -578,6 +586,12 @@ def test_repository_datasets_yaml_is_valid_and_pins_monai_checksums():
     folders = [e["path"].split("/")[0] for e in busi["expected"]]
     assert folders == ["benign"] * 2 + ["malignant"] * 2 + ["normal"] * 2
     assert sum(e["count"] for e in busi["expected"] if "_mask" not in e["path"]) == 780  # 437 + 210 + 133
+
+
+def test_normalised_specs_validate_again_unchanged():
+    """fetch_dataset re-validates the specs load_datasets_yaml returns: normalising is idempotent."""
+    for name, spec in load_datasets_yaml(REPO / "config" / "datasets.yaml").items():
+        assert validate_dataset_spec(name, spec) == spec, name
 
 
 BASE = {"kind": "manual", "description": "d", "licence": "l", "citation": "c", "converter": "x",

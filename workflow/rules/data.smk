@@ -2,9 +2,9 @@
 #
 # Raw data: embedded datasets are generated into data/<dataset>/ by `fetch` (marker dataset.json);
 # download and manual datasets are described in config/datasets.yaml and land in data/<source>/ by
-# `fetch_source` (marker .medkd-fetched.json written by medkd.data.sources.fetch_dataset), where <source> is
-# the dataset's `source` (default its own name). A manual dataset whose files are absent stops the DAG at
-# planning time (also under -n) with the list of missing paths and where to request the data.
+# `fetch_source` (marker .medkd-fetched.json written by medkd.data.sources.fetch.fetch_dataset), where
+# <source> is the dataset's `source` (default its own name). A manual dataset whose files are absent stops
+# the DAG at planning time (also under -n) with the list of missing paths and where to request the data.
 include: "sources.smk"
 
 
@@ -27,7 +27,7 @@ rule fetch_source:
     input:
         manual_files_present,
     output:
-        marker=f"{DATA_ROOT}/{{source}}/{_sources.MARKER_NAME}",
+        marker=f"{DATA_ROOT}/{{source}}/{_fetch.MARKER_NAME}",
     wildcard_constraints:
         source=r"[a-z0-9][a-z0-9_]*",
     params:
@@ -53,7 +53,7 @@ rule convert:
         store="results/slices/{dataset}.h5",
         fingerprint="results/slices/{dataset}.json",
     params:
-        code=code("convert"),
+        code=lambda w: code_hash("convert", format=[CFG["datasets"][w.dataset]["convert"]["format"]]),
         spec=lambda w: canonical_json(CFG["datasets"][w.dataset]["convert"]),
         src=lambda w: raw_dir(w.dataset),
     log:

@@ -1,6 +1,6 @@
 # Helpers of the data rules (data.smk) for download and manual datasets: where their raw files live, the
 # marker that proves they are present, and the planning-time check of manual datasets.
-from medkd.data import sources as _sources  # noqa: E402
+from medkd.data.sources import fetch as _fetch, spec as _spec  # noqa: E402
 
 _DATASETS_YAML = Path(workflow.basedir) / "config" / "datasets.yaml"
 _SOURCE_SPECS = {}
@@ -9,7 +9,7 @@ _SOURCE_SPECS = {}
 def source_specs():
     """config/datasets.yaml, validated, read once and only when a download/manual dataset is used."""
     if not _SOURCE_SPECS:
-        _SOURCE_SPECS.update(_sources.load_datasets_yaml(_DATASETS_YAML))
+        _SOURCE_SPECS.update(_spec.load_datasets_yaml(_DATASETS_YAML))
     return _SOURCE_SPECS
 
 
@@ -27,7 +27,7 @@ def fetched_marker(dataset):
     """The file that proves the raw data of a config dataset is present."""
     if CFG["datasets"][dataset]["kind"] == "embedded":
         return f"{DATA_ROOT}/{dataset}/dataset.json"
-    return f"{raw_dir(dataset)}/{_sources.MARKER_NAME}"
+    return f"{raw_dir(dataset)}/{_fetch.MARKER_NAME}"
 
 
 def source_kind(source):
@@ -45,5 +45,5 @@ def manual_files_present(wildcards):
         raise ValueError(f"dataset source {wildcards.source!r} is not described in {_DATASETS_YAML}")
     spec = specs[wildcards.source]
     if spec["kind"] == "manual":
-        _sources.require_manual_files(wildcards.source, spec, DATA_ROOT)
+        _fetch.require_manual_files(wildcards.source, spec, DATA_ROOT)
     return []

@@ -1,22 +1,22 @@
-"""Convert a Medical Segmentation Decathlon (MSD) layout dataset of NIfTI volumes into a slice store.
+"""The conversion driver every format shares: slicing options, normalisation, label checks, slicing, writing.
 
-MSD layout: ``src_dir/dataset.json`` with ``training`` (list of ``{"image": "./imagesTr/x.nii.gz",
-"label": "./labelsTr/x.nii.gz"}``), ``modality`` ({"0": "FLAIR", ...}) and ``labels``
-({"0": "background", ...}). Images are 3-D (one channel, e.g. Task09 spleen CT) or 4-D ``(X, Y, Z, C)``
-(e.g. Task01 brain tumour, 4 MR sequences); labels are 3-D integer volumes on the image grid. The
-embedded dataset (:mod:`medkd.data.embedded`) uses the same layout.
+A converter of :mod:`medkd.data.formats` only knows its layout: it lists the cases of a dataset folder and,
+per case, reads the volumes in the canonical orientation (:mod:`medkd.data.geometry`). Everything after
+that is here, so a case from any format ends up the same way:
 
-Per case, :func:`convert_msd`:
-
-1. loads image and label and makes both canonical with ``nibabel.as_closest_canonical`` (voxel axes
-   ordered and flipped to RAS+: axis 0 grows toward the patient's Right, axis 1 toward Anterior, axis 2
-   toward Superior), then requires the label on the image grid (same spatial shape, affines equal within
-   1e-3);
-2. normalises each selected channel over the whole 3-D volume (:func:`normalise_volume`);
-3. cuts slices along ``axis`` (2: axial) and keeps those whose fraction of non-zero voxels in the first
-   selected channel, after normalisation, is >= ``min_foreground``;
-4. resizes every slice to ``size`` with ``skimage.transform.resize`` (image: order 1; label: order 0; both
-   ``anti_aliasing=False, preserve_range=True``).
+1. every volume is in the closest canonical orientation, RAS+ (axis 0 toward the patient's Right, axis 1
+   Anterior, axis 2 Superior); extra channels on another grid are resampled onto the reference channel's
+   grid by the converter; labels must already lie on that grid (same shape, affines equal within 1e-3,
+   :func:`load_label_on_grid`) with integer values among the format's label names;
+2. each channel is normalised over its whole 3-D volume (:func:`normalise_volume`; ``normalise``/``window``
+   for all channels, or ``modality_normalise`` per channel name);
+3. slices are cut along ``axis`` (2: axial); those whose fraction of non-zero voxels in the first channel,
+   after normalisation, is below ``min_foreground`` are dropped;
+4. the rest are resized to ``size`` (:func:`medkd.data.geometry.resize_stack`; image: linear, label:
+   nearest; no anti-aliasing) - :func:`volumes_to_case`;
+5. :func:`write_converted` runs the per-case loaders and writes the slice store atomically
+   (:func:`medkd.data.store.write_store`); a case left with no slice is skipped with a warning and listed in
+   ``provenance["skipped_cases"]``.
 
 Slice orientation: no transpose or flip beyond canonicalisation. A slice's rows follow the first remaining
 RAS axis and its columns the second: for ``axis=2`` (axial) ``slice[r, c] = volume[r, c, s]``, rows grow
@@ -30,116 +30,60 @@ Stored spacing ``(row_mm, col_mm, slice_mm)``: the canonical voxel sizes of the 
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
-from skimage.transform import resize
 from tqdm import tqdm
 
 import medkd
+from medkd.data.geometry import (
+    AFFINE_TOLERANCE,
+    NIFTI_SUFFIXES,
+    has_suffix,
+    load_canonical,
+    on_grid,
+    read_volume,
+    resize_stack,
+)
 from medkd.data.store import SliceCase, write_store
 
 log = logging.getLogger(__name__)
 
 NORMALISATIONS = ("zscore", "minmax", "window", "none")
-AFFINE_TOLERANCE = 1e-3
+
+_WINDOW_SCHEMA = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+
+SLICE_OPTIONS_SCHEMA: dict[str, dict] = {
+    "size": {"description": "[H, W] of the stored slices", "type": "array",
+             "items": {"type": "integer", "minimum": 8}, "minItems": 2, "maxItems": 2, "default": [64, 64]},
+    "normalise": {"description": "per channel over the whole 3-D volume (medkd.data.convert.normalise_volume)",
+                  "enum": list(NORMALISATIONS), "default": "zscore"},
+    "window": {"description": "[lo, hi] for normalise: window", **_WINDOW_SCHEMA},
+    "axis": {"description": "canonical slice axis: 0 sagittal, 1 coronal, 2 axial", "enum": [0, 1, 2],
+             "default": 2},
+    "min_foreground": {"description": "keep slices whose fraction of non-zero voxels in the first channel is >= this",
+                       "type": "number", "minimum": 0, "maximum": 1, "default": 0.0},
+}
+"""JSON schema (``properties``) of the slicing options every format accepts (:func:`slice_options`)."""
+
+MODALITY_NORMALISE_SCHEMA: dict[str, dict] = {
+    "modality_normalise": {
+        "description": "per channel name, a normalise/window overriding the dataset-wide ones",
+        "type": "object",
+        "additionalProperties": {"type": "object", "additionalProperties": False,
+                                 "properties": {"normalise": {"enum": list(NORMALISATIONS)}, "window": _WINDOW_SCHEMA}},
+    },
+}
+"""JSON schema of ``modality_normalise``, for the formats whose channels have names (include it in ``options``)."""
 
 
-# ------------------------------------------------------------------------------------------ dataset.json
-
-
-def read_dataset_json(src_dir: str | Path) -> dict:
-    """Parse ``src_dir/dataset.json`` (MSD schema).
-
-    Raises:
-        FileNotFoundError: no dataset.json.
-        ValueError: not valid JSON, or no ``training`` list (message names the file).
-    """
-    path = Path(src_dir) / "dataset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: MSD dataset.json not found")
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: cannot parse dataset.json ({exc})") from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get("training"), list):
-        raise ValueError(f"{path}: dataset.json has no 'training' list (MSD schema)")
-    return meta
-
-
-def case_id_of(path: str | Path) -> str:
-    """Case id of a NIfTI path: the file name without ``.nii.gz`` / ``.nii``."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def read_msd_cases(src_dir: str | Path) -> list[tuple[str, Path, Path | None]]:
-    """The labelled training cases listed in ``src_dir/dataset.json``.
-
-    Args:
-        src_dir: MSD task directory (holding dataset.json, imagesTr/, labelsTr/).
-
-    Returns:
-        ``[(case_id, image_path, label_path or None), ...]`` in dataset.json order; paths are
-        ``src_dir / entry`` (the ``./`` prefix of MSD entries is dropped by path joining).
-
-    Raises:
-        FileNotFoundError: dataset.json or a listed file is missing (message names it).
-        ValueError: malformed entries or duplicate case ids.
-    """
-    src_dir = Path(src_dir)
-    meta = read_dataset_json(src_dir)
-    out: list[tuple[str, Path, Path | None]] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(meta["training"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-            raise ValueError(f"{src_dir / 'dataset.json'}: training entry {i} has no 'image' path: {entry!r}")
-        image = src_dir / entry["image"]
-        label = src_dir / entry["label"] if isinstance(entry.get("label"), str) else None
-        for p in (image, label):
-            if p is not None and not p.is_file():
-                raise FileNotFoundError(f"{p}: listed in {src_dir / 'dataset.json'} but missing")
-        cid = case_id_of(image)
-        if cid in seen:
-            raise ValueError(f"{src_dir / 'dataset.json'}: duplicate case id {cid!r}")
-        seen.add(cid)
-        out.append((cid, image, label))
-    if not out:
-        raise ValueError(f"{src_dir / 'dataset.json'}: 'training' lists no cases")
-    return out
-
-
-# ------------------------------------------------------------------------------------------ volumes
-
-
-def load_canonical(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Load a NIfTI volume reoriented to the closest canonical (RAS+) orientation.
-
-    Args:
-        path: a ``.nii`` / ``.nii.gz`` file, 3-D or 4-D.
-
-    Returns:
-        (data as stored in the file, canonical axis order, (X, Y, Z[, C]); canonical affine (4, 4) float64).
-
-    Raises:
-        ValueError: unreadable, truncated or corrupt file, or fewer than 3 dimensions (names the file).
-    """
-    try:
-        img = nib.as_closest_canonical(nib.load(path))
-        data = np.asanyarray(img.dataobj)
-        affine = np.asarray(img.affine, dtype=np.float64)
-    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, OSError...)
-        raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
-    if data.ndim < 3:
-        raise ValueError(f"{path}: expected a 3-D or 4-D volume, got shape {data.shape}")
-    return data, affine
+# ------------------------------------------------------------------------------------------ options
 
 
 def normalise_volume(volume: np.ndarray, method: str = "zscore",
@@ -162,7 +106,7 @@ def normalise_volume(volume: np.ndarray, method: str = "zscore",
         ValueError: unknown method or bad window.
     """
     volume = np.asarray(volume, dtype=np.float32)
-    _check_normalise(method, window)
+    check_normalise(method, window)
     if method == "none":
         return volume.copy()
     if method == "window":
@@ -182,7 +126,8 @@ def normalise_volume(volume: np.ndarray, method: str = "zscore",
     return out
 
 
-def _check_normalise(method: str, window: Sequence[float] | None) -> None:
+def check_normalise(method: str, window: Sequence[float] | None) -> None:
+    """Raise ValueError unless ``method`` is known and ``window`` is given exactly when it is ``"window"``."""
     if method not in NORMALISATIONS:
         raise ValueError(f"unknown normalise {method!r}; choose one of {NORMALISATIONS}")
     if method == "window":
@@ -192,198 +137,273 @@ def _check_normalise(method: str, window: Sequence[float] | None) -> None:
         raise ValueError(f"window={list(window)!r} is only used with normalise='window', not {method!r}")
 
 
-def _resize_stack(stack: np.ndarray, size: tuple[int, int], order: int) -> np.ndarray:
-    """Resize the last two axes of ``stack`` (..., H, W) to ``size``; skimage, no anti-aliasing."""
-    lead = stack.shape[:-2]
-    h, w = stack.shape[-2:]
-    if (h, w) == tuple(size):
-        return stack.copy()
-    flat = stack.reshape(-1, h, w).transpose(1, 2, 0)  # (H, W, N): N is kept (zoom factor 1)
-    out = resize(flat, (size[0], size[1], flat.shape[2]), order=order, anti_aliasing=False,
-                 preserve_range=True)
-    return out.transpose(2, 0, 1).reshape(*lead, size[0], size[1])
+@dataclass(frozen=True)
+class SliceOptions:
+    """The slicing options shared by every converter.
+
+    Attributes:
+        size: ``(H, W)`` of the stored slices.
+        normalise: ``zscore`` | ``minmax`` | ``window`` | ``none`` (:func:`normalise_volume`).
+        window: ``[lo, hi]`` for ``normalise="window"``.
+        axis: canonical slice axis (0 sagittal, 1 coronal, 2 axial).
+        min_foreground: minimum fraction of non-zero voxels of the first channel, after normalisation.
+        modality_normalise: channel name -> ``{"normalise": ..., "window": [lo, hi]}`` overriding
+            ``normalise``/``window`` for that channel (e.g. HECKTOR: CT windowed, PET z-scored).
+    """
+
+    size: tuple[int, int] = (64, 64)
+    normalise: str = "zscore"
+    window: tuple[float, float] | None = None
+    axis: int = 2
+    min_foreground: float = 0.0
+    modality_normalise: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def method_for(self, channel: Any) -> tuple[str, Sequence[float] | None]:
+        """(normalise, window) of one channel name."""
+        override = self.modality_normalise.get(channel)
+        if override is None:
+            return self.normalise, self.window
+        return override.get("normalise", "zscore"), override.get("window")
+
+    def as_dict(self) -> dict:
+        return {"size": list(self.size), "normalise": self.normalise,
+                "window": None if self.window is None else list(self.window), "axis": self.axis,
+                "min_foreground": self.min_foreground,
+                "modality_normalise": {k: dict(v) for k, v in self.modality_normalise.items()}}
 
 
-# ------------------------------------------------------------------------------------------ conversion
-
-
-def convert_msd(src_dir: str | Path, out_path: str | Path, *, size: Sequence[int] = (64, 64),
-                normalise: str = "zscore", channels: Sequence[int] | None = None, axis: int = 2,
-                min_foreground: float = 0.0, window: Sequence[float] | None = None,
-                dataset: str | None = None) -> None:
-    """Convert an MSD-layout NIfTI dataset into a slice store (see the module docstring).
+def slice_options(size: Sequence[int] = (64, 64), normalise: str = "zscore", window: Sequence[float] | None = None,
+                  axis: int = 2, min_foreground: float = 0.0,
+                  modality_normalise: Mapping[str, Mapping[str, Any]] | None = None,
+                  channel_names: Sequence[str] | None = None) -> SliceOptions:
+    """Validate the shared options and bundle them.
 
     Args:
-        src_dir: the MSD task directory.
-        out_path: the slice store to write, e.g. ``results/slices/spleen.h5``.
-        size: ``(H, W)`` of the stored slices.
-        normalise: ``"zscore"``, ``"minmax"``, ``"window"`` or ``"none"`` (:func:`normalise_volume`).
-        channels: image channel indices to keep, in this order (None: all).
-        axis: canonical slice axis: 0 sagittal, 1 coronal, 2 axial.
-        min_foreground: keep slices whose fraction of non-zero voxels in the first kept channel (after
-            normalisation) is >= this; a case left with no slice is skipped with a warning and listed in
-            ``provenance["skipped_cases"]``.
-        window: ``[lo, hi]`` for ``normalise="window"``.
-        dataset: the store's dataset name (default: the stem of ``out_path``).
+        size, normalise, window, axis, min_foreground: see :class:`SliceOptions`.
+        modality_normalise: per-channel overrides, keys must be among ``channel_names``.
+        channel_names: the channel names of the dataset being converted (for checking the overrides).
 
     Raises:
-        FileNotFoundError: dataset.json or a listed file is missing.
-        ValueError: bad options; an unreadable or corrupt file, a label not on its image grid, a label with
-            non-integer values or values not in dataset.json ``labels``, a channel index out of range, NaN
-            in an image (each names the file); every case skipped. Nothing is written on error.
+        ValueError: a size that is not two positive ints, an axis outside 0..2, ``min_foreground`` outside
+            [0, 1], an unknown normalisation or a bad window (also inside an override), an override for a
+            channel that is not converted, or an override with keys other than ``normalise``/``window``.
     """
-    src_dir = Path(src_dir)
-    size = (int(size[0]), int(size[1]))
-    if min(size) < 1:
-        raise ValueError(f"size must be two positive ints, got {size}")
+    if len(size) != 2 or min(int(s) for s in size) < 1:
+        raise ValueError(f"size must be two positive ints, got {list(size)}")
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     if not 0.0 <= float(min_foreground) <= 1.0:
         raise ValueError(f"min_foreground must lie in [0, 1], got {min_foreground}")
-    _check_normalise(normalise, window)
-    meta = read_dataset_json(src_dir)
-    cases = read_msd_cases(src_dir)
-    label_names = _label_names(meta, src_dir)
-    n_source_channels = _n_channels(cases[0][1])
-    selected = list(range(n_source_channels)) if channels is None else [int(c) for c in channels]
-    if not selected or min(selected) < 0 or max(selected) >= n_source_channels:
-        raise ValueError(f"channels {channels!r} out of range for {n_source_channels} channel(s) in {cases[0][1]}")
-    modality = meta.get("modality") or {}
-    channel_names = [str(modality.get(str(c), f"channel{c}")) for c in selected]
-    options = {"size": list(size), "normalise": normalise, "window": None if window is None else list(window),
-               "channels": selected, "axis": axis, "min_foreground": float(min_foreground)}
+    check_normalise(normalise, window)
+    overrides = {str(k): dict(v) for k, v in (modality_normalise or {}).items()}
+    for name, spec in overrides.items():
+        if channel_names is not None and name not in channel_names:
+            raise ValueError(f"modality_normalise names {name!r}, which is not among the converted channels "
+                             f"{list(channel_names)}")
+        unknown = sorted(set(spec) - {"normalise", "window"})
+        if unknown:
+            raise ValueError(f"modality_normalise[{name!r}]: unknown keys {unknown} (use normalise, window)")
+        check_normalise(spec.get("normalise", "zscore"), spec.get("window"))
+    return SliceOptions(size=(int(size[0]), int(size[1])), normalise=normalise,
+                        window=None if window is None else (float(window[0]), float(window[1])), axis=int(axis),
+                        min_foreground=float(min_foreground), modality_normalise=overrides)
+
+
+# ------------------------------------------------------------------------------------------ labels
+
+
+def check_label_values(raw: np.ndarray, path: Path | str, values: set[int],
+                       listed_in: str = "the format's label names") -> np.ndarray:
+    """Integer label values in 0..255 that are all in ``values``; returns uint8.
+
+    Args:
+        raw: the label volume.
+        path: named in the messages.
+        values: the allowed values.
+        listed_in: where the allowed values come from, for the message (e.g. ``"dataset.json 'labels'"``).
+
+    Raises:
+        ValueError: non-integer or non-finite values, values outside 0..255 or not in ``values``.
+    """
+    raw = np.asarray(raw)
+    if not np.issubdtype(raw.dtype, np.integer):
+        if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
+            raise ValueError(f"{path}: label has non-integer or non-finite values")
+    if raw.size and (raw.min() < 0 or raw.max() > 255):
+        raise ValueError(f"{path}: label values must lie in 0..255, found {raw.min()}..{raw.max()}")
+    label = raw.astype(np.uint8)
+    present = {int(v) for v in np.flatnonzero(np.bincount(label.ravel(), minlength=256))}
+    unknown = sorted(present - values)
+    if unknown:
+        raise ValueError(f"{path}: label values {unknown} are not listed in {listed_in} {sorted(values)}")
+    return label
+
+
+def load_label_on_grid(path: Path, ref_shape: Sequence[int], ref_affine: np.ndarray, image_path: Path,
+                       label_names: Mapping[str, str], listed_in: str = "the format's label names") -> np.ndarray:
+    """A label volume that must lie on its image's grid, with values among ``label_names``.
+
+    NIfTI labels are read with :func:`medkd.data.geometry.load_canonical` (a trailing channel axis of size 1 is
+    dropped), ITK labels with :func:`medkd.data.geometry.read_volume`; both must then have the image's shape
+    and affine (within 1e-3) and pass :func:`check_label_values`.
+
+    Returns:
+        uint8 ``(X, Y, Z)`` source label values.
+
+    Raises:
+        ValueError: not on the image grid, non-integer values, values outside 0..255 or not listed in
+            ``label_names`` (the message names the file).
+    """
+    if has_suffix(path, NIFTI_SUFFIXES):
+        raw, affine = load_canonical(path)
+        if raw.ndim == 4 and raw.shape[3] == 1:
+            raw = raw[..., 0]
+    else:
+        raw, affine = read_volume(path)
+    if not on_grid(raw.shape, affine, ref_shape, ref_affine):
+        raise ValueError(
+            f"{path}: label is not on the grid of its image {image_path} after canonicalisation: "
+            f"label shape {raw.shape} vs image {tuple(ref_shape)}; label affine {affine.round(4).tolist()} vs "
+            f"image affine {np.asarray(ref_affine).round(4).tolist()} (tolerance {AFFINE_TOLERANCE})"
+        )
+    return check_label_values(raw, path, {int(k) for k in label_names}, listed_in)
+
+
+# ------------------------------------------------------------------------------------------ slicing
+
+
+def volumes_to_case(case_id: str, channels: Mapping[Any, np.ndarray] | Sequence[tuple[Any, np.ndarray]],
+                    affine: np.ndarray, label: np.ndarray | None,
+                    options: SliceOptions, sources: Mapping[str, Any], extra_attrs: Mapping[str, Any] | None = None
+                    ) -> SliceCase | None:
+    """Slice one case given as canonical volumes on a common grid (steps 2-4 of the module docstring).
+
+    Args:
+        case_id: the case id.
+        channels: channel name -> ``(X, Y, Z)`` volume, in channel order, all on the grid of ``affine`` (or a
+            list of ``(name, volume)`` pairs, where a name may repeat; MSD names channels by source index).
+        affine: canonical voxel-to-world matrix of that grid.
+        label: uint8 ``(X, Y, Z)`` or None.
+        options: slicing options.
+        sources: ``{"image": path(s) as str, "label": path or ""}`` recorded as case attributes.
+        extra_attrs: further case attributes (e.g. ``frame``, ``category``).
+
+    Returns:
+        The :class:`SliceCase`, or None when no slice passes ``min_foreground``.
+
+    Raises:
+        ValueError: channels of different shapes, a label of another shape, NaN/inf in a channel.
+    """
+    pairs = list(channels.items()) if isinstance(channels, Mapping) else list(channels)
+    if not pairs:
+        raise ValueError(f"case {case_id!r}: no channels")
+    spatial = tuple(np.shape(pairs[0][1]))
+    volumes = []
+    for name, volume in pairs:
+        vol = np.asarray(volume, dtype=np.float32)
+        if vol.shape != spatial:
+            raise ValueError(f"case {case_id!r}: channel {name!r} has shape {vol.shape}, expected {spatial}")
+        if not np.isfinite(vol).all():
+            raise ValueError(f"{sources.get('image', case_id)}: channel {name!r} contains NaN or infinite values")
+        method, window = options.method_for(name)
+        volumes.append(normalise_volume(vol, method, window))
+    if label is not None and tuple(label.shape) != spatial:
+        raise ValueError(f"case {case_id!r}: label shape {label.shape} differs from the image {spatial}")
+    axis = options.axis
+    stack = np.moveaxis(np.stack(volumes, axis=0), axis + 1, 0)  # (S, C, H, W)
+    foreground = (stack[:, 0] != 0).mean(axis=(1, 2))
+    keep = np.flatnonzero(foreground >= options.min_foreground)
+    if len(keep) == 0:
+        return None
+    image = resize_stack(stack[keep], options.size, order=1).astype(np.float32)
+    label_stack = None
+    if label is not None:
+        slices = np.moveaxis(label, axis, 0)[keep]
+        label_stack = np.rint(resize_stack(slices.astype(np.float32), options.size, order=0)).astype(np.uint8)
+    zooms = nib.affines.voxel_sizes(affine)
+    in_plane = [a for a in range(3) if a != axis]
+    spacing = (float(zooms[in_plane[0]] * spatial[in_plane[0]] / options.size[0]),
+               float(zooms[in_plane[1]] * spatial[in_plane[1]] / options.size[1]),
+               float(zooms[axis]))
+    attrs = {"source_image": str(sources.get("image", "")), "source_label": str(sources.get("label", "") or ""),
+             "original_shape": np.asarray(spatial, dtype=np.int64), "slice_indices": keep.astype(np.int64)}
+    attrs.update(extra_attrs or {})
+    return SliceCase(case_id=case_id, image=image, label=label_stack, spacing=spacing,
+                     affine=np.asarray(affine, dtype=np.float64), attrs=attrs)
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+CaseLoader = Callable[[], "SliceCase | None"]
+"""Reads and slices one case when called (lazily, so :func:`write_converted` holds one case at a time)."""
+
+
+def write_converted(out_path: str | Path, jobs: Sequence[tuple[str, CaseLoader]], *, converter: Callable,
+                    src_dir: Path, options: dict, channel_names: Sequence[str], label_names: Mapping[str, str],
+                    dataset: str | None, provenance_extra: Mapping[str, Any] | None = None) -> None:
+    """Run the case loaders and write the slice store atomically (the driver every converter uses).
+
+    Args:
+        out_path: the slice store to write.
+        jobs: ``(case_id, loader)`` per case, in store order.
+        converter: the converter function, recorded in the provenance by its qualified name.
+        src_dir: the dataset folder (for messages and the provenance).
+        options: the converter's options as recorded in the provenance; needs ``size`` and ``min_foreground``.
+        channel_names, label_names: the store's root attributes.
+        dataset: store name (default: the stem of ``out_path``).
+        provenance_extra: further provenance entries.
+
+    Cases whose loader returns None (no slice passes ``min_foreground``) are skipped with a warning and listed
+    in ``provenance["skipped_cases"]``; when every case is skipped, nothing is written.
+
+    Raises:
+        ValueError: no cases at all, or every case skipped; any error of a loader (nothing is written).
+    """
+    name = f"{converter.__module__}.{converter.__qualname__}"
+    if not jobs:
+        raise ValueError(f"{src_dir}: no cases found for converter {name}")
     skipped: list[str] = []
-    provenance = {
-        "converter": "medkd.data.convert.convert_msd",
-        "source_dir": str(src_dir),
-        "source_name": meta.get("name"),
-        "options": options,
-        "medkd_version": medkd.__version__,
-        "created_by": "medkd convert",
-        "skipped_cases": skipped,  # filled while converting; write_store serialises attrs after the cases
-    }
-    attrs = {"dataset": dataset or Path(out_path).stem, "channel_names": channel_names,
-             "label_names": label_names, "provenance": provenance, "size": list(size)}
+    provenance = {"converter": name, "source_dir": str(src_dir), "options": options,
+                  "medkd_version": medkd.__version__, "created_by": "medkd convert", "skipped_cases": skipped,
+                  **dict(provenance_extra or {})}
+    attrs = {"dataset": dataset or Path(out_path).stem, "channel_names": list(channel_names),
+             "label_names": dict(label_names), "provenance": provenance, "size": list(options["size"])}
 
     def produce() -> Iterator[SliceCase]:
-        for cid, image_path, label_path in tqdm(cases, desc=f"convert {src_dir.name}", unit="case"):
-            case = convert_case(cid, image_path, label_path, size=size, normalise=normalise, channels=selected,
-                                axis=axis, min_foreground=min_foreground, window=window,
-                                label_values=set(int(k) for k in label_names))
+        for case_id, load in tqdm(jobs, desc=f"convert {src_dir.name}", unit="case", disable=None):
+            case = load()
             if case is None:
-                log.warning("%s: no slice has foreground fraction >= %g; case skipped", image_path, min_foreground)
-                skipped.append(cid)
+                log.warning("%s: case %s has no slice with foreground fraction >= %g; skipped", src_dir, case_id,
+                            options["min_foreground"])
+                skipped.append(case_id)
                 continue
             yield case
-        if len(skipped) == len(cases):
-            raise ValueError(f"{src_dir}: every case was skipped by min_foreground={min_foreground}")
+        if len(skipped) == len(jobs):
+            raise ValueError(f"{src_dir}: every case was skipped by min_foreground={options['min_foreground']}")
 
     write_store(out_path, produce(), attrs)
 
 
-def convert_case(case_id: str, image_path: Path, label_path: Path | None, *, size: tuple[int, int],
-                 normalise: str, channels: Sequence[int], axis: int, min_foreground: float,
-                 window: Sequence[float] | None, label_values: set[int] | None = None) -> SliceCase | None:
-    """Convert one case (arguments as in :func:`convert_msd`; ``channels`` must be explicit).
-
-    Returns:
-        The case's :class:`SliceCase`, or None when no slice passes ``min_foreground``.
-
-    Raises:
-        ValueError: see :func:`convert_msd` (every message names the offending file).
-    """
-    data, affine = load_canonical(image_path)
-    if data.ndim == 3:
-        data = data[..., None]
-    if data.ndim != 4:
-        raise ValueError(f"{image_path}: expected (X, Y, Z) or (X, Y, Z, C), got shape {data.shape}")
-    if max(channels) >= data.shape[3]:
-        raise ValueError(f"{image_path}: has {data.shape[3]} channel(s), channels {list(channels)} requested")
-    spatial = data.shape[:3]
-    label = None
-    if label_path is not None:
-        label = _load_label(label_path, spatial, affine, image_path, label_values)
-
-    volumes = []
-    for c in channels:
-        channel = np.asarray(data[..., c], dtype=np.float32)
-        if not np.isfinite(channel).all():
-            raise ValueError(f"{image_path}: channel {c} contains NaN or infinite values")
-        volumes.append(normalise_volume(channel, normalise, window))
-    volume = np.stack(volumes, axis=0)  # (C, X, Y, Z)
-
-    stack = np.moveaxis(volume, axis + 1, 0)  # (S, C, H, W)
-    foreground = (stack[:, 0] != 0).mean(axis=(1, 2))
-    keep = np.flatnonzero(foreground >= float(min_foreground))
-    if len(keep) == 0:
-        return None
-    image = _resize_stack(stack[keep], size, order=1).astype(np.float32)
-    label_stack = None
-    if label is not None:
-        slices = np.moveaxis(label, axis, 0)[keep]
-        label_stack = np.rint(_resize_stack(slices.astype(np.float32), size, order=0)).astype(np.uint8)
-
-    zooms = nib.affines.voxel_sizes(affine)
-    in_plane = [a for a in range(3) if a != axis]
-    spacing = (float(zooms[in_plane[0]] * spatial[in_plane[0]] / size[0]),
-               float(zooms[in_plane[1]] * spatial[in_plane[1]] / size[1]),
-               float(zooms[axis]))
-    return SliceCase(
-        case_id=case_id, image=image, label=label_stack, spacing=spacing, affine=affine,
-        attrs={"source_image": str(image_path), "source_label": "" if label_path is None else str(label_path),
-               "original_shape": np.asarray(spatial, dtype=np.int64), "slice_indices": keep.astype(np.int64)},
-    )
+# ------------------------------------------------------------------------------------------ layouts
 
 
-def _load_label(label_path: Path, spatial: tuple[int, ...], image_affine: np.ndarray, image_path: Path,
-                label_values: set[int] | None) -> np.ndarray:
-    raw, affine = load_canonical(label_path)
-    if raw.ndim == 4 and raw.shape[3] == 1:
-        raw = raw[..., 0]
-    if raw.shape != tuple(spatial) or not np.allclose(affine, image_affine, rtol=0.0, atol=AFFINE_TOLERANCE):
-        raise ValueError(
-            f"{label_path}: label is not on the grid of its image {image_path} after canonicalisation: "
-            f"label shape {raw.shape} vs image {tuple(spatial)}; label affine {affine.round(4).tolist()} vs "
-            f"image affine {image_affine.round(4).tolist()} (tolerance {AFFINE_TOLERANCE})"
-        )
-    if not np.issubdtype(raw.dtype, np.integer):
-        if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
-            raise ValueError(f"{label_path}: label has non-integer or non-finite values")
-    if raw.size and (raw.min() < 0 or raw.max() > 255):
-        raise ValueError(f"{label_path}: label values must lie in 0..255, found {raw.min()}..{raw.max()}")
-    label = raw.astype(np.uint8)
-    if label_values is not None:
-        present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
-        unknown = sorted(set(int(v) for v in present) - label_values)
-        if unknown:
-            raise ValueError(f"{label_path}: label values {unknown} are not listed in dataset.json 'labels' "
-                             f"{sorted(label_values)}")
-    return label
+def require_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a directory; FileNotFoundError naming it and ``what`` it should hold otherwise."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    return path
 
 
-def _label_names(meta: dict, src_dir: Path) -> dict[str, str]:
-    labels = meta.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise ValueError(f"{src_dir / 'dataset.json'}: needs a 'labels' object such as {{'0': 'background'}}")
-    out = {}
-    for key, name in labels.items():
-        try:
-            value = int(key)
-        except ValueError as exc:
-            raise ValueError(f"{src_dir / 'dataset.json'}: label key {key!r} is not an integer") from exc
-        if not 0 <= value <= 255:
-            raise ValueError(f"{src_dir / 'dataset.json'}: label value {value} outside 0..255")
-        out[str(value)] = str(name)
-    return out
+def find_one(folder: Path, stem: str, suffixes: Sequence[str]) -> Path | None:
+    """``folder/<stem><suffix>`` for the first suffix that exists (None if none does)."""
+    for suffix in suffixes:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
-def _n_channels(image_path: Path) -> int:
-    try:
-        shape = nib.load(image_path).shape
-    except Exception as exc:  # see load_canonical
-        raise ValueError(f"{image_path}: cannot read NIfTI header ({type(exc).__name__}: {exc})") from exc
-    if len(shape) == 3:
-        return 1
-    if len(shape) == 4:
-        return int(shape[3])
-    raise ValueError(f"{image_path}: expected a 3-D or 4-D volume, got shape {shape}")
+def natural_key(text: str) -> list:
+    """Sort key that orders the digit runs of ``text`` numerically (``"2" < "10"``)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
