@@ -50,11 +50,12 @@ def cmd_fetch(args) -> None:
     ds = json.loads(args.dataset_spec)
     log = logging.getLogger("medkd")
     if ds["kind"] == "embedded":
+        from medkd.config import validate_part
         from medkd.data.embedded import generate_embedded
 
-        g = ds.get("generator", {})
-        generate_embedded(args.out, n_cases=g.get("n_cases", 10), seed=g.get("seed", 1234),
-                          resolution_mm=g.get("resolution_mm", 2.0), lesion=g.get("lesion", True))
+        generator = validate_part("/$defs/dataset/properties/generator", ds.get("generator", {}),
+                                  f"dataset {args.dataset} generator")
+        generate_embedded(args.out, **generator)
         return
     from medkd.data.sources.fetch import fetch_dataset
     from medkd.data.sources.spec import load_datasets_yaml
@@ -82,8 +83,10 @@ def cmd_convert(args) -> None:
     from medkd.io import write_json
     from medkd.provenance import file_md5
 
-    c = json.loads(args.convert_spec)
-    convert_dataset(c.get("format", "msd"), args.src, args.out, c, dataset=args.dataset)
+    from medkd.config import validate_part
+
+    c = validate_part("/$defs/dataset/properties/convert", json.loads(args.convert_spec), f"dataset {args.dataset} convert")
+    convert_dataset(c["format"], args.src, args.out, c, dataset=args.dataset)
     with SliceStore(args.out) as store:
         n_slices = sum(store.n_slices(cid) for cid in store.case_ids)
         fingerprint = {"dataset": args.dataset, "md5": file_md5(args.out), "cases": store.case_ids,
@@ -165,9 +168,11 @@ def cmd_evaluate(args) -> None:
 def cmd_robustness(args) -> None:
     from medkd.robustness import evaluate_robustness
 
-    r = json.loads(args.robustness_spec)
+    from medkd.config import validate_part
+
+    r = validate_part("/$defs/experiment/properties/robustness", json.loads(args.robustness_spec), "robustness spec")
     n = evaluate_robustness(args.model_dir, args.store, args.split, args.out, r["corruptions"], r["severities"],
-                            seed=r.get("seed", 0), metric=r.get("metric", "dice"), device=args.device,
+                            seed=r["seed"], metric=r["metric"], device=args.device,
                             threads=args.threads)
     print(f"{n} rows -> {args.out}")
 

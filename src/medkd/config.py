@@ -63,6 +63,25 @@ def schema_validator(schema: dict) -> jsonschema.protocols.Validator:
     return _Validator(schema)
 
 
+def validate_part(pointer: str, instance: dict, source: str) -> dict:
+    """Validate ``instance`` against the part of the config schema at JSON pointer ``pointer`` (e.g.
+    ``/$defs/dataset/properties/generator``) and return a copy with that part's defaults filled: how a
+    step that receives one piece of the config gets its defaults from the one place they live.
+
+    Raises:
+        ConfigError: naming ``source`` and the key path.
+    """
+    schema = load_schema()
+    part = schema
+    for key in pointer.strip("/").split("/"):
+        part = part[key]
+    instance = copy.deepcopy(instance)
+    errors = list(schema_validator({**part, "$defs": schema["$defs"]}).iter_errors(instance))
+    if errors:
+        raise ConfigError(format_error(jsonschema.exceptions.best_match(errors), source))
+    return instance
+
+
 def load_schema() -> dict:
     with open(SCHEMA_PATH) as fh:
         return yaml.safe_load(fh)

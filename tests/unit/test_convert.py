@@ -249,7 +249,7 @@ def test_read_msd_cases(tmp_path):
 def test_embedded_dataset_converts(tmp_path):
     from medkd.data.embedded import generate_embedded
 
-    src = generate_embedded(tmp_path / "embedded", n_cases=1, resolution_mm=8.0)
+    src = generate_embedded(tmp_path / "embedded", n_cases=1, seed=1234, resolution_mm=8.0, lesion=True)
     convert_msd(src, tmp_path / "embedded.h5", size=(16, 16), min_foreground=0.05)
     with SliceStore(tmp_path / "embedded.h5") as store:
         assert store.attrs["channel_names"] == ["T1", "T2"]

@@ -12,7 +12,7 @@ import pytest
 
 from medkd.data.embedded import LABELS, generate_embedded, template_dir
 
-PARAMS = {"n_cases": 2, "seed": 1234, "resolution_mm": 4.0}
+PARAMS = {"n_cases": 2, "seed": 1234, "resolution_mm": 4.0, "lesion": True}
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="mine"):
-        generate_embedded(foreign, n_cases=1, resolution_mm=8.0)
+        generate_embedded(foreign, n_cases=1, seed=1234, resolution_mm=8.0, lesion=True)
     assert (foreign / "notes.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match="n_cases"):
-        generate_embedded(tmp_path / "x", n_cases=0)
+        generate_embedded(tmp_path / "x", n_cases=0, seed=1234, resolution_mm=8.0, lesion=True)

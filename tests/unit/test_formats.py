@@ -508,7 +508,7 @@ def test_cli_convert_uses_the_configured_format(tmp_path):
     for mod in ("T1", "T1_IR", "T2_FLAIR", "LabelsForTesting"):
         save_nii(src / "TrainingData/2" / f"{mod}.nii", np.ones(shape, np.uint8 if mod.startswith("Labels") else np.float32))
     spec = {"format": "mrbrains13", "modalities": ["T1"], "label_file": None, "subsets": ["TrainingData"],
-            "size": [4, 4], "normalise": "none", "axis": 2, "min_foreground": 0.0}
+            "size": [8, 8], "normalise": "none", "axis": 2, "min_foreground": 0.0}
     out, fp = tmp_path / "mrb.h5", tmp_path / "mrb.json"
     rc = main(["convert", "--dataset", "mrbrains", "--convert-spec", json.dumps(spec), "--src", str(src),
                "--out", str(out), "--fingerprint", str(fp)])

@@ -294,8 +294,7 @@ def _nilearn_version() -> str | None:
         return None
 
 
-def generate_embedded(out_dir: str | Path, n_cases: int = 8, seed: int = 1234, resolution_mm: float = 2.0,
-                      lesion: bool = True) -> Path:
+def generate_embedded(out_dir: str | Path, *, n_cases: int, seed: int, resolution_mm: float, lesion: bool) -> Path:
     """Write the embedded dataset in MSD layout (see the module docstring).
 
     Idempotent and atomic: when ``out_dir/dataset.json`` already has exactly the text these parameters
