@@ -20,7 +20,7 @@ from wfhelpers import REPO, copy_repo, planned_jobs, run, snakemake
 pytestmark = pytest.mark.slow
 
 PAPER = REPO / "config" / "paper.yaml"
-# Parameter counts of the papers' models at paper scale (papers.md: own counts, matching the authors' where
+# Parameter counts of the papers' models at paper scale (docs/sources.md: own counts, matching the authors' where
 # they state one: MTMS Table 4.2 "0.057 M" / "0.227 M", KD-MRI "65 % fewer", VDSR "333K" / "185K").
 PAPER_PARAMS = {
     "mtms_t1": 43_236_036, "mtms_t2": 172_625_028, "mtms_s1": 57_297, "mtms_s2": 227_233,
@@ -81,7 +81,7 @@ def test_papers_hyper_parameters(paper_cfg):
     assert exps["mtms_spleen"]["logit_threshold"] == 0.5
     p = exps["pcd_busi"]
     assert (len(p["split"]["fixed"]["train"]), len(p["split"]["fixed"]["test"])) == (680, 100)
-    from collections import Counter  # P-CD's bus_train.json / bus_val.json class make-up (papers.md 5.1)
+    from collections import Counter  # P-CD's bus_train.json / bus_val.json class make-up (docs/sources.md 5.1)
     assert Counter(c.split("_")[0] for c in p["split"]["fixed"]["train"]) == {"benign": 382, "malignant": 184, "normal": 114}
     assert Counter(c.split("_")[0] for c in p["split"]["fixed"]["test"]) == {"benign": 55, "malignant": 26, "normal": 19}
     assert p["models"]["kd_tpl"]["train"]["epochs"] == 40 and p["models"]["kd_cpl"]["train"]["epochs"] == 100
