@@ -232,3 +232,21 @@ def test_missing_gated_dataset_is_named(paper_repo):
     marker = wd / "data" / source / ".medkd-fetched.json"
     assert marker.is_file()  # present again: verified, marker written
     marker.unlink()
+
+
+def test_several_missing_gated_datasets_are_listed_at_once(paper_repo):
+    wd, manual = paper_repo
+    gone = manual[:3]
+    assert len(gone) >= 2
+    for source in gone:
+        shutil.move(wd / "data" / source, wd / f".{source}-moved")
+    try:
+        proc = snakemake(["-n", "results/tables/all.csv", "--configfile", "config/paper.yaml"], wd, timeout=300)
+        assert proc.returncode != 0
+        text = proc.stdout + proc.stderr
+        assert f"{len(gone)} datasets are missing or incomplete" in text
+        for source in gone:
+            assert f"Dataset '{source}' must be provided by hand" in text
+    finally:
+        for source in gone:
+            shutil.move(wd / f".{source}-moved", wd / "data" / source)
