@@ -54,6 +54,8 @@ def convert_cc359(src_dir: str | Path, out_path: str | Path, *, folder: str = "O
 class Cc359Nifti(Format):
     """Calgary-Campinas-359 T1 volumes."""
 
+    layout = ("*/CC*.nii.gz",)
+
     summary = "Calgary-Campinas"
     options = {
         "folder": {"description": "sub-folder holding the volumes (Original)", "type": "string"},
