@@ -61,6 +61,10 @@ def test_reference_numbers_are_the_papers(paper_cfg):
     mtms = {(r["model"], r["metric"]): r for r in exps["mtms_spleen"]["reference"]}
     assert mtms[("kd_t1_s2", "dice")]["value"] == 0.794 and mtms[("s1", "iou")]["value"] == 0.557
     assert mtms[("kd_t2_s2_code", "precision")]["value"] == 0.841
+    # the code scores E-E + PMD (T1-S2) and B-B + D-D + PMD (T1-S1): the code-reading references sit there
+    assert mtms[("kd_t1_s2_ee_code", "dice")]["value"] == 0.794 and mtms[("kd_t1_s1_bbdd_code", "iou")]["value"] == 0.629
+    assert ("kd_t1_s2_code", "dice") not in mtms and ("kd_t1_s1_code", "dice") not in mtms
+    assert exps["mtms_spleen"]["models"]["kd_t1_s2_code"]["teachers"] == ["t1_code"]
     assert {r["convention"] for r in mtms.values()} == {"mtms_pooled"}
     for name, exp in exps.items():  # every reference names a model of its experiment and a source
         for r in exp.get("reference", []):
