@@ -184,7 +184,8 @@ def paper_repo(tmp_path_factory):
             _placeholders(wd / "data" / source, specs[source]["expected"])
             manual.append(source)
     assert manual
-    for exp in cfg["experiments"].values():  # KD-MRI's shipped masks (not redistributed): placeholders
+    for exp in load_config(wd / "config" / "paper.yaml", root=wd)["experiments"].values():
+        # KD-MRI's shipped masks (not redistributed): placeholders
         spec = exp.get("kspace", {}).get("spec", {})
         if spec.get("kind") == "file":
             (wd / spec["path"]).parent.mkdir(parents=True, exist_ok=True)
