@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv reproduce test test-unit lint dryrun ui benchmark clean
+.PHONY: venv reproduce test test-unit lint dryrun ui benchmark clean data-add data-push data-pull data-status
 
 venv: $(STAMP)
 
@@ -48,6 +48,25 @@ ui: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/embedded_default.py
+
+# DVC: the raw data, one .dvc file per dataset folder. The remote is named in one place, .dvc/config
+# (`core.remote`); point it elsewhere with `dvc remote modify medkd-store url <url>` (add --local to keep
+# the change out of git). DVC_TARGETS restricts push/pull to some .dvc files (default: all of them).
+DVC_TARGETS ?=
+
+data-add:
+	@test -n "$(DIR)" || { echo "usage: make data-add DIR=<dataset folder>   (writes <folder>.dvc)"; exit 2; }
+	$(BIN)/dvc add $(DIR)
+	@echo "now: git add $(DIR).dvc $$(dirname $(DIR))/.gitignore && git commit && make data-push"
+
+data-push:
+	$(BIN)/dvc push $(DVC_TARGETS)
+
+data-pull:
+	$(BIN)/dvc pull $(DVC_TARGETS)
+
+data-status:
+	$(BIN)/dvc status $(DVC_TARGETS)
 
 clean:
 	rm -rf results .snakemake

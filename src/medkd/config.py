@@ -27,7 +27,7 @@ import yaml
 
 from medkd.errors import InputError
 
-from medkd.spec import ModelSpec, canonical_json, spec_hash  # noqa: F401  (re-exported)
+from medkd.spec import ModelSpec, canonical_json, spec_hash, term_keys  # noqa: F401  (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -183,6 +183,16 @@ def _check_references(cfg: dict, source: str) -> None:
                     raise ConfigError(f"{mwhere}/train/{key}: unknown split or subset {model['train'][key]!r}")
             if "losses" not in model:
                 raise ConfigError(f"{mwhere}/losses: required")
+            select = model["train"]["select"]
+            if select["metric"] == "val_term":
+                if "term" not in select:
+                    raise ConfigError(f"{mwhere}/train/select/term: required with metric val_term")
+                try:
+                    term_keys(model["losses"], _as_list(select["term"]))
+                except ValueError as err:
+                    raise ConfigError(f"{mwhere}/train/select/term: {err}") from None
+            elif "term" in select:
+                raise ConfigError(f"{mwhere}/train/select/term: only with metric val_term")
             for i, term in enumerate(model["losses"]):
                 for teacher in _as_list(term.get("teacher")):
                     if teacher not in model["teachers"]:

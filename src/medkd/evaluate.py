@@ -16,7 +16,10 @@ Paper conventions requested by the experiment are added as extra rows, labelled 
 Every file also gets a ``cost`` row: the inference latency per slice measured by the infer stage.
 
 Reconstruction volumes are scored with PSNR, SSIM and NMSE per volume
-(:func:`medkd.metrics.reconstruction_case_metrics`; data_range = the volume's maximum).
+(:func:`medkd.metrics.reconstruction_case_metrics`; data_range = the volume's maximum). With the
+``kdmri_per_slice`` convention every slice is also scored on its own (case ``<case>/<slice index>``,
+data_range = the slice's maximum), as KD-MRI's ``evaluate.py`` scores its knee data, stored one slice per
+file: the tables' mean and case spread are then over slices.
 
 CSV columns: experiment, model, seed, case, class, metric, convention, value.
 """
@@ -100,8 +103,13 @@ def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, 
     else:
         for cid in sorted(runs):
             gt = data.tensors["target"][runs[cid]][:, 0]
-            for r in metrics.reconstruction_case_metrics(gt, preds[cid].astype(np.float64)):
+            pred = preds[cid].astype(np.float64)
+            for r in metrics.reconstruction_case_metrics(gt, pred):
                 rows.append({**base, "case": cid, "class": "image", "convention": "engine", **r})
+            if "kdmri_per_slice" in conventions:  # KD-MRI's knee files hold one slice each: every slice is a "case"
+                for k in range(gt.shape[0]):
+                    for r in metrics.reconstruction_case_metrics(gt[k : k + 1], pred[k : k + 1]):
+                        rows.append({**base, "case": f"{cid}/{k}", "class": "image", "convention": "kdmri_per_slice", **r})
     rows.append({**base, "case": "ALL", "class": "-", "metric": "latency_ms_per_slice", "convention": "cost",
                  "value": float(attrs["latency_ms_per_slice"])})
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh:

@@ -35,7 +35,7 @@ Tap = str | tuple[str, ...]
 
 __all__ = [
     "CacheSpec", "LossSpec", "ModelSpec", "OptimizerSpec", "SchedulerSpec", "SelectSpec", "TrainSpec",
-    "canonical_json", "spec_hash",
+    "canonical_json", "spec_hash", "term_keys",
 ]
 
 
@@ -118,12 +118,46 @@ class SchedulerSpec(_Spec):
 
 @dataclass(frozen=True)
 class SelectSpec(_Spec):
-    metric: str  # val_dice | val_loss | val_mse | last
+    metric: str  # val_dice | val_loss | val_mse | val_term | last
     mode: str | None  # min | max; None = the metric's natural direction
+    term: tuple[str, ...] | None  # val_term: the loss term(s) whose unweighted validation values are summed
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "SelectSpec":
-        return cls(metric=d["metric"], mode=d.get("mode"))
+        term = d.get("term")
+        if term is not None:
+            term = (term,) if isinstance(term, str) else tuple(term)
+        return cls(metric=d["metric"], mode=d.get("mode"), term=term)
+
+
+def term_keys(losses: "tuple[LossSpec, ...] | list", selectors: tuple[str, ...] | list) -> list[str]:
+    """The logged names ``"<index>:<loss name>"`` of the loss terms ``selectors`` pick.
+
+    A selector is a logged name (``"2:dice"``), an index (``"2"``) or a loss name (``"dice"``) that
+    exactly one term of ``losses`` (LossSpecs or config dicts) carries.
+
+    Raises:
+        ValueError: a selector that matches no term, or a loss name that several terms share.
+    """
+    names = [t["loss"] if isinstance(t, Mapping) else t.loss for t in losses]
+    keys = [f"{i}:{n}" for i, n in enumerate(names)]
+    out = []
+    for sel in selectors:
+        sel = str(sel)
+        if sel in keys:
+            key = sel
+        elif sel.isdigit() and int(sel) < len(keys):
+            key = keys[int(sel)]
+        else:
+            hits = [k for k, n in zip(keys, names) if n == sel]
+            if len(hits) != 1:
+                why = "several terms carry it" if hits else "no term matches"
+                raise ValueError(f"select term {sel!r}: {why} (terms: {', '.join(keys)})")
+            key = hits[0]
+        if key in out:
+            raise ValueError(f"select term {sel!r} named twice")
+        out.append(key)
+    return out
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ short sequence of named steps:
 
 Selection metrics: ``val_dice`` (mean foreground Dice of argmax predictions, pixels pooled over the
 validation slices; higher is better), ``val_loss`` (the full weighted objective on validation data,
-lower), ``val_mse`` (reconstruction MSE, lower), ``last`` (the final epoch).
+lower), ``val_mse`` (reconstruction MSE, lower), ``val_term`` (the unweighted validation value of the
+loss term(s) named by ``select.term``, summed, lower; e.g. P-CD's validation cross-entropy, MTMS's
+validation DiceLoss, KD-MRI's attention-map MSE), ``last`` (the final epoch). Every epoch record also
+holds each term's unweighted validation value as ``val_term:<index>:<loss name>``.
 
 Run settings (:class:`~medkd.runtime.RunSettings`: device, threads) are not part of the spec: a run moved
 from CPU to GPU resumes the same checkpoint.
@@ -46,7 +49,7 @@ from medkd.objective import Objective
 from medkd.optim import build_optimizer, build_scheduler
 from medkd.provenance import environment_record
 from medkd.runtime import RunSettings, build_from_spec, forward_model, load_trained, to_device
-from medkd.spec import ModelSpec
+from medkd.spec import ModelSpec, term_keys
 
 log = logging.getLogger("medkd.train")
 
@@ -129,6 +132,10 @@ def selection(spec: ModelSpec) -> tuple[str, str]:
         raise ValueError("select metric val_mse needs a reconstruction task")
     if metric == "last":
         return metric, "max"  # the score of epoch k is k
+    if metric == "val_term":
+        if not spec.train.select.term:
+            raise ValueError("select metric val_term needs select.term")
+        term_keys(spec.losses, spec.train.select.term)  # raises for a term the model lacks
     return metric, spec.train.select.mode or ("max" if metric == "val_dice" else "min")
 
 
@@ -294,12 +301,16 @@ def validate(run: Run, epoch: int) -> dict:
     n_classes = spec.n_classes if spec.is_segmentation else 0
     counts = torch.zeros(max(n_classes, 1), 3, dtype=torch.float64)
     loss_sum, sq_err, n_pix, n, bs = 0.0, 0.0, 0, len(data), spec.train.batch_size
+    term_sums: dict[str, float] = {}
     for start in range(0, n, bs):
         batch = to_device(data.batch(torch.arange(start, min(start + bs, n))), device)
         output = forward_model(model, batch)
         t_out = {name: (rec, forward_model(t, batch)) for name, (t, rec) in run.teachers.items()}
-        loss, _ = run.objective(output, run.recorder, t_out, batch, epoch)
-        loss_sum += float(loss) * batch["image"].shape[0]
+        loss, parts = run.objective(output, run.recorder, t_out, batch, epoch)
+        b = batch["image"].shape[0]
+        loss_sum += float(loss) * b
+        for key, value in parts.items():
+            term_sums[key] = term_sums.get(key, 0.0) + float(value) * b
         pred = main_output(output).float()
         if n_classes:
             counts += pooled_dice(pred.cpu(), batch["target"].cpu(), n_classes)
@@ -307,6 +318,9 @@ def validate(run: Run, epoch: int) -> dict:
             sq_err += float(((pred - batch["target"]) ** 2).sum())
             n_pix += batch["target"].numel()
     out = {"val_loss": loss_sum / n}
+    out.update({f"val_term:{key}": v / n for key, v in term_sums.items()})
+    if spec.train.select.metric == "val_term":
+        out["val_term"] = sum(out[f"val_term:{key}"] for key in term_keys(spec.losses, spec.train.select.term))
     if n_classes:
         tp, fp, fn = counts[1:, 0], counts[1:, 1], counts[1:, 2]
         denom = 2 * tp + fp + fn

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 MODELS = ["zero_filled", "teacher", "student", "student_at", "student_kd"]
 DCCNN_TEACHER_TAPS = [f"cascades.{c}.relu3" for c in range(5)]
 DCCNN_STUDENT_TAPS = [f"cascades.{c}.relu2" for c in range(5)]
-# exact parameter counts (papers.md 3.2): DC-CNN teacher / student, VDSR teacher / student
+# exact parameter counts (docs/sources.md 3.2): DC-CNN teacher / student, VDSR teacher / student
 PARAMS = {"kdmri_recon": [0, 141_765, 49_285, 49_285, 49_285], "kdmri_sr": [0, 333_569, 185_857, 185_857, 185_857]}
 TARGETS = ["results/tables/paper_kdmri.md", "results/tables/paper_kdmri_sr.md"]
 

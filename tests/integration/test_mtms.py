@@ -24,7 +24,7 @@ from wfhelpers import REPO, run_tiny_config
 EXP = "tiny_mtms"
 KD_MODELS = ("kd_t1_s1", "kd_t1_s1_code")
 
-# Thesis variant table (reference/papers.md 2.3): temperature and weights seg / B-B / PMD / E-E / D-D
+# Thesis variant table (docs/sources.md 2.3): temperature and weights seg / B-B / PMD / E-E / D-D
 # (T2-S2 has no E-E or D-D term: they are commented out in the code).
 VARIANTS = {
     "kd_t1_s1": (0.4, [0.4, 0.2, 0.2, 0.1, 0.1], "t1", "s1"),

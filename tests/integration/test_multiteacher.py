@@ -30,7 +30,7 @@ TERM_NAMES = ["0:cross_entropy", "1:multi_teacher_kl", "2:attention_similarity",
               "4:attention_similarity"]
 TERM_WEIGHTS = [1.0, 0.5, 0.25, 0.25, 0.25]
 
-# The BraTS README's architectures at paper scale (medkd.models.separable_unet; reference/papers.md 1).
+# The BraTS README's architectures at paper scale (medkd.models.separable_unet; docs/sources.md 1).
 PAPER_TEACHER_WIDTHS = (16, 48, 120, 224, 488, 1008)
 PAPER_STUDENT_WIDTHS = (16, 32, 64, 128, 256)
 

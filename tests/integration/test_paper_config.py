@@ -20,7 +20,7 @@ from wfhelpers import REPO, copy_repo, planned_jobs, run, snakemake
 pytestmark = pytest.mark.slow
 
 PAPER = REPO / "config" / "paper.yaml"
-# Parameter counts of the papers' models at paper scale (papers.md: own counts, matching the authors' where
+# Parameter counts of the papers' models at paper scale (docs/sources.md: own counts, matching the authors' where
 # they state one: MTMS Table 4.2 "0.057 M" / "0.227 M", KD-MRI "65 % fewer", VDSR "333K" / "185K").
 PAPER_PARAMS = {
     "mtms_t1": 43_236_036, "mtms_t2": 172_625_028, "mtms_s1": 57_297, "mtms_s2": 227_233,
@@ -55,12 +55,21 @@ def test_reference_numbers_are_the_papers(paper_cfg):
     assert refs[("teacher", "psnr")] == 32.51 and refs[("student_kd", "ssim")] == 0.9084
     assert refs[("zero_filled", "psnr")] == 24.27
     knee8 = {(r["model"], r["metric"]): r["value"] for r in exps["kdmri_knee_8x"]["reference"]}
+    # knee: per slice, as the code (one slice per file); the masks the code ships
+    assert {r["convention"] for r in exps["kdmri_knee_8x"]["reference"]} == {"kdmri_per_slice"}
+    assert exps["kdmri_knee_8x"]["headline"]["convention"] == "kdmri_per_slice"
+    assert exps["kdmri_knee_8x"]["kspace"]["spec"] == {"kind": "file", "path": "data/kdmri_masks/knee/mask_8x.npy",
+                                                      "axis": 1, "acceleration": 8}
     assert knee8[("student", "psnr")] == 31.92 and knee8[("student_kd_code", "psnr")] == 32.32
     sr = {(r["model"], r["metric"]): r["value"] for r in exps["kdmri_calgary_sr"]["reference"]}
     assert sr[("teacher", "psnr")] == 30.14 and sr[("zero_filled", "ssim")] == 0.8117
     mtms = {(r["model"], r["metric"]): r for r in exps["mtms_spleen"]["reference"]}
     assert mtms[("kd_t1_s2", "dice")]["value"] == 0.794 and mtms[("s1", "iou")]["value"] == 0.557
     assert mtms[("kd_t2_s2_code", "precision")]["value"] == 0.841
+    # the code scores E-E + PMD (T1-S2) and B-B + D-D + PMD (T1-S1): the code-reading references sit there
+    assert mtms[("kd_t1_s2_ee_code", "dice")]["value"] == 0.794 and mtms[("kd_t1_s1_bbdd_code", "iou")]["value"] == 0.629
+    assert ("kd_t1_s2_code", "dice") not in mtms and ("kd_t1_s1_code", "dice") not in mtms
+    assert exps["mtms_spleen"]["models"]["kd_t1_s2_code"]["teachers"] == ["t1_code"]
     assert {r["convention"] for r in mtms.values()} == {"mtms_pooled"}
     for name, exp in exps.items():  # every reference names a model of its experiment and a source
         for r in exp.get("reference", []):
@@ -81,7 +90,7 @@ def test_papers_hyper_parameters(paper_cfg):
     assert exps["mtms_spleen"]["logit_threshold"] == 0.5
     p = exps["pcd_busi"]
     assert (len(p["split"]["fixed"]["train"]), len(p["split"]["fixed"]["test"])) == (680, 100)
-    from collections import Counter  # P-CD's bus_train.json / bus_val.json class make-up (papers.md 5.1)
+    from collections import Counter  # P-CD's bus_train.json / bus_val.json class make-up (docs/sources.md 5.1)
     assert Counter(c.split("_")[0] for c in p["split"]["fixed"]["train"]) == {"benign": 382, "malignant": 184, "normal": 114}
     assert Counter(c.split("_")[0] for c in p["split"]["fixed"]["test"]) == {"benign": 55, "malignant": 26, "normal": 19}
     assert p["models"]["kd_tpl"]["train"]["epochs"] == 40 and p["models"]["kd_cpl"]["train"]["epochs"] == 100
@@ -175,6 +184,12 @@ def paper_repo(tmp_path_factory):
             _placeholders(wd / "data" / source, specs[source]["expected"])
             manual.append(source)
     assert manual
+    for exp in load_config(wd / "config" / "paper.yaml", root=wd)["experiments"].values():
+        # KD-MRI's shipped masks (not redistributed): placeholders
+        spec = exp.get("kspace", {}).get("spec", {})
+        if spec.get("kind") == "file":
+            (wd / spec["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (wd / spec["path"]).touch()
     return wd, manual
 
 
@@ -232,3 +247,21 @@ def test_missing_gated_dataset_is_named(paper_repo):
     marker = wd / "data" / source / ".medkd-fetched.json"
     assert marker.is_file()  # present again: verified, marker written
     marker.unlink()
+
+
+def test_several_missing_gated_datasets_are_listed_at_once(paper_repo):
+    wd, manual = paper_repo
+    gone = manual[:3]
+    assert len(gone) >= 2
+    for source in gone:
+        shutil.move(wd / "data" / source, wd / f".{source}-moved")
+    try:
+        proc = snakemake(["-n", "results/tables/all.csv", "--configfile", "config/paper.yaml"], wd, timeout=300)
+        assert proc.returncode != 0
+        text = proc.stdout + proc.stderr
+        assert f"{len(gone)} datasets are missing or incomplete" in text
+        for source in gone:
+            assert f"Dataset '{source}' must be provided by hand" in text
+    finally:
+        for source in gone:
+            shutil.move(wd / f".{source}-moved", wd / "data" / source)

@@ -29,7 +29,7 @@ def test_t2_parameter_count_matches_paper():
     with torch.device("meta"):
         model = build_model("mtms_t2", in_channels=3, out_channels=1, img_dim=256)
     assert count_parameters(model) == 172_625_028
-    # papers.md: 134.5 M sit in the two patch projections (one token of 1024*16*16 = 262,144 values):
+    # docs/sources.md: 134.5 M sit in the two patch projections (one token of 1024*16*16 = 262,144 values):
     # 262144*256 + 256 = 67,109,120 and 256*262144 + 262144 = 67,371,008 -> 134,480,128.
     projections = count_parameters(model.vit.project_patches) + count_parameters(model.project_patches_back)
     assert projections == 134_480_128

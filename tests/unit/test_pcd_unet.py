@@ -32,7 +32,7 @@ def analytic_count(in_ch: int, n_cls: int, c1: int, c2: int, c3: int, c4: int) -
     return enc + dec + c1 * n_cls + n_cls
 
 
-def test_parameter_count_matches_papers_md_exactly():
+def test_parameter_count_matches_sources_md_exactly():
     # Hand sum at width 1 (3 -> 2 classes), DoubleConv = 9*cin*mid + 3*mid + 9*mid*cout + 3*cout:
     #   inp 3-64-64: 1728+192+36864+192 = 38,976       up1 1024-512-256: 4718592+1536+1179648+768 = 5,900,544
     #   down1 64-128-128: 221,952                       up2 512-256-128: 1,475,712

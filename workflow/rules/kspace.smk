@@ -5,6 +5,8 @@
 rule undersample:
     input:
         store="results/slices/{dataset}.h5",
+        # a `kind: file` mask (e.g. KD-MRI's shipped us_masks) is an input: missing, it stops the plan
+        mask=lambda w: [s["path"]] if (s := kspace_spec(w.dataset, w.mask))["kind"] == "file" else [],
     output:
         kspace="results/kspace/{dataset}/{mask}.h5",
     params:

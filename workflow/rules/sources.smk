@@ -1,6 +1,7 @@
-# Helpers of the data rules (data.smk) for download and manual datasets: where their raw files live, the
-# marker that proves they are present, and the planning-time check of manual datasets.
-from medkd.data.sources import fetch as _fetch, spec as _spec  # noqa: E402
+# Helpers of the data rules (data.smk) for download, manual and local datasets: where their raw files live,
+# the marker (or folder) that proves they are present, and the planning-time check of manual and local
+# datasets, which names every missing dataset of the config at once (medkd.data.sources.local).
+from medkd.data.sources import fetch as _fetch, local as _local, spec as _spec  # noqa: E402
 
 _DATASETS_YAML = Path(workflow.basedir) / "config" / "datasets.yaml"
 _SOURCE_SPECS = {}
@@ -20,19 +21,45 @@ def dataset_source(dataset):
 
 def raw_dir(dataset):
     d = CFG["datasets"][dataset]
+    if d["kind"] == "local":
+        return str(_local.local_dir(d))
     return f"{DATA_ROOT}/{dataset if d['kind'] == 'embedded' else dataset_source(dataset)}"
 
 
+_INPUT_PROBLEMS = {}
+
+
+def input_problems():
+    """Every manual source with missing files and every local dataset not ready, of the datasets this
+    config's experiments use (checked once per planning)."""
+    if "all" not in _INPUT_PROBLEMS:
+        used = list(dict.fromkeys(e["dataset"] for e in CFG["experiments"].values()))
+        _INPUT_PROBLEMS["all"] = _local.input_problems(CFG["datasets"], used, source_specs, DATA_ROOT)
+    return _INPUT_PROBLEMS["all"]
+
+
+def require_input(name):
+    """Raise InputsMissing listing every missing dataset of the config (``name`` first) if ``name`` is one."""
+    problems = input_problems()
+    if name in problems:
+        raise _local.InputsMissing({name: problems[name], **problems})
+
+
 def fetched_marker(dataset):
-    """The file that proves the raw data of a config dataset is present."""
-    if CFG["datasets"][dataset]["kind"] == "embedded":
+    """The file(s) that prove the raw data of a config dataset is present: a local dataset's folder (and its
+    .dvc file), checked while planning."""
+    d = CFG["datasets"][dataset]
+    if d["kind"] == "embedded":
         return f"{DATA_ROOT}/{dataset}/dataset.json"
+    if d["kind"] == "local":
+        require_input(dataset)
+        return [raw_dir(dataset)] + ([str(_local.local_dir({"path": d["dvc"]}))] if d.get("dvc") else [])
     return f"{raw_dir(dataset)}/{_fetch.MARKER_NAME}"
 
 
 def source_kind(source):
     kinds = {d["kind"] for name, d in CFG["datasets"].items()
-             if d["kind"] != "embedded" and dataset_source(name) == source}
+             if d["kind"] not in ("embedded", "local") and dataset_source(name) == source}
     if len(kinds) != 1:
         raise ValueError(f"source {source!r}: used by no config dataset, or with different kinds {sorted(kinds)}")
     return kinds.pop()
@@ -45,5 +72,6 @@ def manual_files_present(wildcards):
         raise ValueError(f"dataset source {wildcards.source!r} is not described in {_DATASETS_YAML}")
     spec = specs[wildcards.source]
     if spec["kind"] == "manual":
+        require_input(wildcards.source)
         _fetch.require_manual_files(wildcards.source, spec, DATA_ROOT)
     return []

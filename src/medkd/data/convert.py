@@ -30,6 +30,7 @@ Stored spacing ``(row_mm, col_mm, slice_mm)``: the canonical voxel sizes of the 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,6 +57,8 @@ from medkd.data.store import SliceCase, write_store
 log = logging.getLogger(__name__)
 
 NORMALISATIONS = ("zscore", "minmax", "window", "none")
+CONSTANT_ATTR = "constant_channels"
+"""Case attribute (JSON list of ``{"channel", "value"}``) set on a case with a constant (or all-zero) channel."""
 
 _WINDOW_SCHEMA = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 
@@ -291,20 +294,33 @@ def volumes_to_case(case_id: str, channels: Mapping[Any, np.ndarray] | Sequence[
     Returns:
         The :class:`SliceCase`, or None when no slice passes ``min_foreground``.
 
+    A channel whose voxels all hold one value (an empty, all-zero image included) is not an error: it is
+    logged as a warning and recorded in the case attribute ``constant_channels`` (JSON), which
+    :func:`write_converted` collects into ``provenance["constant_images"]``.
+
     Raises:
-        ValueError: channels of different shapes, a label of another shape, NaN/inf in a channel.
+        ValueError: channels of different shapes, a label of another shape, NaN/inf in a channel, a channel
+            with no voxels.
     """
     pairs = list(channels.items()) if isinstance(channels, Mapping) else list(channels)
     if not pairs:
         raise ValueError(f"case {case_id!r}: no channels")
     spatial = tuple(np.shape(pairs[0][1]))
-    volumes = []
+    volumes, constant = [], []
     for name, volume in pairs:
         vol = np.asarray(volume, dtype=np.float32)
         if vol.shape != spatial:
             raise ValueError(f"case {case_id!r}: channel {name!r} has shape {vol.shape}, expected {spatial}")
+        if vol.size == 0:
+            raise ValueError(f"{sources.get('image', case_id)}: channel {name!r} is empty (shape {vol.shape})")
         if not np.isfinite(vol).all():
             raise ValueError(f"{sources.get('image', case_id)}: channel {name!r} contains NaN or infinite values")
+        lo, hi = float(vol.min()), float(vol.max())
+        if lo == hi:
+            constant.append({"channel": str(name), "value": lo})
+            log.warning("%s: channel %r of case %s is constant (every voxel %g)%s; flagged in the fingerprint "
+                        "(constant_images)", sources.get("image", case_id), name, case_id, lo,
+                        ", an empty image" if lo == 0 else "")
         method, window = options.method_for(name)
         volumes.append(normalise_volume(vol, method, window))
     if label is not None and tuple(label.shape) != spatial:
@@ -328,6 +344,8 @@ def volumes_to_case(case_id: str, channels: Mapping[Any, np.ndarray] | Sequence[
     attrs = {"source_image": str(sources.get("image", "")), "source_label": str(sources.get("label", "") or ""),
              "original_shape": np.asarray(spatial, dtype=np.int64), "slice_indices": keep.astype(np.int64)}
     attrs.update(extra_attrs or {})
+    if constant:
+        attrs[CONSTANT_ATTR] = json.dumps(constant)
     return SliceCase(case_id=case_id, image=image, label=label_stack, spacing=spacing,
                      affine=np.asarray(affine, dtype=np.float64), attrs=attrs)
 
@@ -355,7 +373,10 @@ def write_converted(out_path: str | Path, jobs: Sequence[tuple[str, CaseLoader]]
         provenance_extra: further provenance entries.
 
     Cases whose loader returns None (no slice passes ``min_foreground``) are skipped with a warning and listed
-    in ``provenance["skipped_cases"]``; when every case is skipped, nothing is written.
+    in ``provenance["skipped_cases"]``; when every case is skipped, nothing is written. Cases with a constant
+    (e.g. all-zero) image channel are kept, warned about and listed in ``provenance["constant_images"]``
+    (``[{"case", "channels": [{"channel", "value"}]}]``; the fingerprint JSON repeats it): normalising such
+    a channel yields a constant (z-score: all zeros), which is almost never what the data should hold.
 
     Raises:
         ValueError: no cases at all, or every case skipped; any error of a loader (nothing is written).
@@ -364,9 +385,10 @@ def write_converted(out_path: str | Path, jobs: Sequence[tuple[str, CaseLoader]]
     if not jobs:
         raise ValueError(f"{src_dir}: no cases found for converter {name}")
     skipped: list[str] = []
+    constant: list[dict] = []
     provenance = {"converter": name, "source_dir": str(src_dir), "options": options,
                   "medkd_version": medkd.__version__, "created_by": "medkd convert", "skipped_cases": skipped,
-                  **dict(provenance_extra or {})}
+                  "constant_images": constant, **dict(provenance_extra or {})}
     attrs = {"dataset": dataset or Path(out_path).stem, "channel_names": list(channel_names),
              "label_names": dict(label_names), "provenance": provenance, "size": list(options["size"])}
 
@@ -378,6 +400,8 @@ def write_converted(out_path: str | Path, jobs: Sequence[tuple[str, CaseLoader]]
                             options["min_foreground"])
                 skipped.append(case_id)
                 continue
+            if CONSTANT_ATTR in case.attrs:
+                constant.append({"case": case_id, "channels": json.loads(case.attrs[CONSTANT_ATTR])})
             yield case
         if len(skipped) == len(jobs):
             raise ValueError(f"{src_dir}: every case was skipped by min_foreground={options['min_foreground']}")

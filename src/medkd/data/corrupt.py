@@ -2,7 +2,7 @@
 
 P-CD (IJCARS 2023) evaluates robustness under "various types and severity of image perturbation and
 corruption", but its corruption code is not public and the types and severities are unknown
-(papers.md 5.3/5.7). **The corruptions and the severity tables below are the re-implementers' choice**,
+(docs/sources.md 5.3/5.7). **The corruptions and the severity tables below are the re-implementers' choice**,
 modelled on ImageNet-C (Hendrycks & Dietterich, ICLR 2019: fifteen corruptions, severities 1..5 given by
 a fixed five-entry parameter table) plus two MRI-specific artefacts (bias field, k-space ghosting).
 

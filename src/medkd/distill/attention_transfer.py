@@ -95,19 +95,23 @@ class AttentionTransfer(LossTerm):
 
     Args:
         normalise: ``"per_sample"`` (default, paper) or ``"batch"`` (KD-MRI code).
+        distance: ``"l1"`` (default, KD-MRI's training loss) or ``"mse"`` (KD-MRI's step-2 dev metric,
+            the MSE of the attention maps; a weight-0 term with it lets the code's selection run).
 
     Raises:
-        ValueError: unknown ``normalise``; at forward, lists of different lengths, an empty list, or a
+        ValueError: unknown ``normalise`` or ``distance``; at forward, lists of different lengths, an empty list, or a
             pair whose batch or spatial sizes differ.
     """
 
     needs_teacher = True
 
-    def __init__(self, normalise: str = "per_sample"):
+    def __init__(self, normalise: str = "per_sample", distance: str = "l1"):
         super().__init__()
         if normalise not in NORMALISATIONS:
             raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
-        self.normalise = normalise
+        if distance not in ("l1", "mse"):
+            raise ValueError(f"distance must be 'l1' or 'mse', got {distance!r}")
+        self.normalise, self.distance = normalise, distance
 
     def forward(self, student, teacher, batch, epoch):
         s_list, t_list = _paired(student, teacher, "attention transfer", "maps")
@@ -118,7 +122,7 @@ class AttentionTransfer(LossTerm):
                                  f"(B, C, H, W) with equal B, H, W")
             q_s = normalise_attention(attention_map(s), self.normalise)
             q_t = normalise_attention(attention_map(t.detach()), self.normalise)
-            terms.append(F.l1_loss(q_s, q_t))
+            terms.append(F.l1_loss(q_s, q_t) if self.distance == "l1" else F.mse_loss(q_s, q_t))
         return torch.stack(terms).mean()
 
 

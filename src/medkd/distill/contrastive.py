@@ -1,6 +1,6 @@
 """MTMS distillation terms: multi-scale contrastive (InfoNCE) feature KD and prediction-map distillation.
 
-Reference: reference/papers.md section 2.3 (MTMS, arXiv 2406.03173, code ``train_Student.py``).
+Reference: docs/sources.md section 2.3 (MTMS, arXiv 2406.03173, code ``train_Student.py``).
 
 ``infonce``: each sample's feature map is flattened to one embedding; the student embedding is the query,
 the teacher embedding of the *same* sample the positive key, and the teacher embeddings of the *other*
@@ -27,7 +27,7 @@ Fidelity switch ``adapter``:
   the same way here (a real zero inside the autograd graph), so reproducing the paper's *numbers* keeps
   the term without effect.
 
-MTMS per-variant settings (papers.md 2.3; T = teacher, S = student; shapes for 256x256 input; tap paths of
+MTMS per-variant settings (docs/sources.md 2.3; T = teacher, S = student; shapes for 256x256 input; tap paths of
 :mod:`medkd.models.mtms`; "a -> b" is the 1x1 adapter). Bottleneck (B-B) and encoder (E-E) pairs use
 ``project="teacher"``; T1 decoder (D-D) pairs use ``project="student"``; the T2-S1 decoder pair needs no
 adapter (``adapter="none"``). Weights are for seg (``dice``) / B-B / PMD / E-E / D-D::

@@ -1,4 +1,4 @@
-"""P-CD: paced-curriculum self-distillation (Islam et al., IJCARS 2023; papers.md section 5.3).
+"""P-CD: paced-curriculum self-distillation (Islam et al., IJCARS 2023; docs/sources.md section 5.3).
 
 A student UNet learns from ground truth (per-pixel cross-entropy) and from a same-architecture teacher's
 logits (per-pixel KL at temperature T). Pixels are weighted by how *easy* they are for the teacher: the
@@ -31,7 +31,7 @@ Loss types (``alpha`` = 0.3; ``w`` = CPL weights, ``w_spl`` = TPL per-pixel, ``w
 ``kld_weighted``                            ``mean[a w KL + (1-a) CE]``
 ``both_weighted``                           ``mean[w (a KL + (1-a) CE)]``
 ``both_weighted_spl_per_px``                ``mean[w_spl (a KL + (1-a) CE)]``
-``both_weighted_spl_per_img``               ``mean[w_img (a KL + (1-a) CE)]`` (in the code, not in papers.md)
+``both_weighted_spl_per_img``               ``mean[w_img (a KL + (1-a) CE)]`` (in the code only, docs/sources.md 5.3)
 ``both_weighted_spl_per_px_no_alpha``       ``mean[w_spl (KL + CE)]``
 ``..._no_alpha_no_weights``                 ``mean[KL + CE]``
 ``ce_aliter_weighted``                      ``mean[(1 - w a) CE + w a KL]``

@@ -1,4 +1,4 @@
-"""Binary segmentation losses of MTMS (reference/papers.md section 2.3) and its reconstruction term.
+"""Binary segmentation losses of MTMS (docs/sources.md section 2.3) and its reconstruction term.
 
 * ``dice``: ``1 - (2 * sum(sigmoid(z) * y) + s) / (sum(sigmoid(z)) + sum(y) + s)`` with smooth ``s = 1``,
   the sums running over the whole batch flattened (one Dice for the batch, not a mean of per-image

@@ -1,6 +1,6 @@
 """MTMS (Multi-Task Multi-Scale contrastive KD, Biswas, arXiv 2406.03173) teachers and students.
 
-Four architectures of the MTMS spleen-segmentation study (reference/papers.md section 2.2), each with a
+Four architectures of the MTMS spleen-segmentation study (docs/sources.md section 2.2), each with a
 ``width`` multiplier so the embedded default can run them at CPU scale (paper configs use ``width=1``):
 
 * ``mtms_t1``: multi-task U-Net teacher (shared encoder, segmentation and reconstruction decoders).

@@ -1,6 +1,6 @@
 """The two-class U-Net of P-CD (Paced-Curriculum Distillation, IJCARS 2023), a milesial-style UNet.
 
-Architecture (papers.md 5.2; P-CD ``models/unet.py``), channel numbers at ``width = 1``:
+Architecture (docs/sources.md 5.2; P-CD ``models/unet.py``), channel numbers at ``width = 1``:
 
 * encoder: ``inp`` DoubleConv 3->64, then ``down1..down4`` = MaxPool2d(2) + DoubleConv
   64->128->256->512->512 (the deepest block keeps 512 channels);
@@ -11,7 +11,7 @@ Architecture (papers.md 5.2; P-CD ``models/unet.py``), channel numbers at ``widt
 
 DoubleConv = [Conv3x3 (with bias) -> BatchNorm -> ReLU] x 2. The convolutions keep their bias, as in the
 P-CD code (milesial's newer version drops it); with bias, 3 input channels and 2 classes the model has
-exactly **17,267,458** parameters (papers.md's own count), which the unit test asserts.
+exactly **17,267,458** parameters (our count, docs/sources.md 5.2), which the unit test asserts.
 
 The module layout mirrors the P-CD code, so ``state_dict`` keys (``inp.double_conv.0.weight``,
 ``down1.maxpool_conv.1.double_conv.0.weight``, ``up1.conv.double_conv.0.weight``, ``out.weight``, ...)

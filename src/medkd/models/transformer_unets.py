@@ -4,7 +4,8 @@ TeachFormer (Hossain et al., Sci Rep 2025; no public code) reportedly distils th
 (UNETR, SwinUNETR, H-DenseFormer) into a slim transformer student, transferring the final predictions
 and two attention maps: a *coarse* map from the deepest encoder stage E_n and a *fine* map from the
 decoder stage D_{n-1}. The published teachers are 3-D; everything here is our 2-D re-implementation,
-faithful in kind (the blocks and the data flow), CPU-sized by default. H-DenseFormer is not implemented.
+faithful in kind (the blocks and the data flow), CPU-sized by default. H-DenseFormer is in
+:mod:`medkd.models.hdenseformer`.
 
 Models (all take ``in_channels``, ``out_channels``, ``img_size``, ``embed_dim``, ``depth``, ``heads``; forward
 ``(B, in_channels, H, W) -> logits (B, out_channels, H, W)``):

@@ -44,10 +44,36 @@ class Format:
     registry_name: ClassVar[str]
     summary: ClassVar[str] = ""
     options: ClassVar[dict[str, dict]] = {}
+    layout: ClassVar[tuple[str, ...]] = ()
+    """Glob patterns (relative to the dataset folder) each of which must match at least one file: the cheap
+    planning-time layout check of a ``kind: local`` dataset (:meth:`check_layout`)."""
+
+    @classmethod
+    def check_layout(cls, src_dir: str | Path) -> list[str]:
+        """What is missing from ``src_dir`` for this format, one line per problem naming the exact path or
+        pattern (empty: the layout looks right). Cheap: no volume is read."""
+        import glob
+
+        src_dir = Path(src_dir)
+        problems = []
+        for pattern in cls.layout:
+            if not glob.glob(pattern, root_dir=src_dir):
+                problems.append(f"{src_dir / pattern}   (no file matches; format {cls.registry_name!r} expects "
+                                f"at least one)")
+        return problems
 
     @staticmethod
     def convert(src_dir: str | Path, out_path: str | Path, *, dataset: str | None = None, **options: Any) -> None:
         raise NotImplementedError
+
+
+def check_layout(fmt: str, src_dir: str | Path) -> list[str]:
+    """Problems of ``src_dir`` as a dataset of format ``fmt`` (:meth:`Format.check_layout`); a missing folder
+    is one problem naming it."""
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        return [f"{src_dir}   (folder {'is a file' if src_dir.exists() else 'does not exist'})"]
+    return FORMATS.get(fmt).check_layout(src_dir)
 
 
 def format_options() -> dict[str, tuple[str, ...]]:

@@ -115,6 +115,8 @@ def _acdc_loader(patient: Path, frame_name: str, number: int, subset: str, opts:
 class AcdcNifti(Format):
     """ACDC patient folders with Info.cfg and ED/ES frames."""
 
+    layout = ("*/patient*/Info.cfg", "*/patient*/patient*_frame??.nii.gz")
+
     summary = "ACDC frames"
     options = {
         "frames": {"description": "labelled frames to keep (one case per patient and frame)", "type": "array",

@@ -85,6 +85,8 @@ def convert_brats(src_dir: str | Path, out_path: str | Path, *,
 class BratsNifti(Format):
     """BraTS case folders."""
 
+    layout = ("*/*.nii.gz",)
+
     summary = "BraTS case folders"
     options = {
         **MODALITY_NORMALISE_SCHEMA,

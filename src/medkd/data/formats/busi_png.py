@@ -155,6 +155,8 @@ def _busi_loader(cid: str, image_path: Path, category: str, interpolation: str, 
 class BusiPng(Format):
     """BUSI PNG class folders with _mask.png labels."""
 
+    layout = ("*/*_mask.png",)
+
     summary = "BUSI PNG folders"
     options = {
         "interpolation": {"description": "nearest (P-CD's torchvision Resize NEAREST, before /255) or linear",

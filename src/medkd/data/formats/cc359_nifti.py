@@ -2,7 +2,7 @@
 
 Layout: ``src_dir/<folder>/CC<nnnn>_<vendor>_<field>_<age>_<sex>.nii.gz``; the case id is the file name
 without ``.nii.gz``. KD-MRI's super-resolution experiment uses 256 x 256 slices; the slice axis is the
-config's choice (papers.md does not state it).
+config's choice (no source states it).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def convert_cc359(src_dir: str | Path, out_path: str | Path, *, folder: str = "O
 @FORMATS.register("cc359_nifti")
 class Cc359Nifti(Format):
     """Calgary-Campinas-359 T1 volumes."""
+
+    layout = ("*/CC*.nii.gz",)
 
     summary = "Calgary-Campinas"
     options = {

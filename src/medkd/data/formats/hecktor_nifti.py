@@ -174,6 +174,8 @@ def convert_hecktor(src_dir: str | Path, out_path: str | Path, *, modalities: Se
 class HecktorNifti(Format):
     """HECKTOR 2021 CT + PET with the organisers' bounding boxes."""
 
+    layout = ("hecktor_nii/*_ct.nii.gz", "hecktor_nii/*_pt.nii.gz")
+
     summary = "HECKTOR CT+PET"
     options = {
         **MODALITY_NORMALISE_SCHEMA,

@@ -109,6 +109,8 @@ def _mrbrains_loader(subject: Path, subset: str, mods: list[str], label_file: st
 class MrBrainS13(Format):
     """MRBrainS13 subject folders (NIfTI or the original .mhd/.raw)."""
 
+    layout = ("*/*/T1.*",)
+
     summary = "MRBrainS13 subjects"
     options = {
         **MODALITY_NORMALISE_SCHEMA,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import nibabel as nib
 
@@ -31,6 +31,7 @@ from medkd.data.convert import (
 from medkd.data.formats import FORMATS, Format
 from medkd.data.geometry import NIFTI_SUFFIXES, load_canonical
 from medkd.data.store import SliceCase
+from medkd.errors import InputError
 
 LABELS_LISTED_IN = "dataset.json 'labels'"
 
@@ -57,6 +58,30 @@ def read_dataset_json(src_dir: str | Path) -> dict:
     return meta
 
 
+class PathOutsideDataset(InputError):
+    """A path listed in dataset.json leaves the dataset folder (absolute, ``..``, or a symlink pointing out)."""
+
+
+def contained_path(src_dir: Path, entry: str, what: str) -> Path:
+    """``src_dir / entry`` when it stays inside ``src_dir``, symlinks resolved.
+
+    Raises:
+        PathOutsideDataset: ``entry`` is absolute (POSIX or Windows drive), or the path, with every ``..``
+            and symlink resolved, lies outside the (resolved) dataset folder; the message names dataset.json,
+            the entry and where it points.
+    """
+    where = src_dir / "dataset.json"
+    if PurePosixPath(entry).is_absolute() or PureWindowsPath(entry).is_absolute() or PureWindowsPath(entry).drive:
+        raise PathOutsideDataset(f"{where}: {what} {entry!r} is an absolute path; dataset.json paths must be "
+                                 f"relative to the dataset folder {src_dir}")
+    path = src_dir / entry
+    root, real = src_dir.resolve(), path.resolve()
+    if real != root and root not in real.parents:
+        raise PathOutsideDataset(f"{where}: {what} {entry!r} leaves the dataset folder {root} (it resolves to "
+                                 f"{real}); refused: every listed file must lie inside the dataset folder")
+    return path
+
+
 def case_id_of(path: str | Path) -> str:
     """Case id of a NIfTI path: the file name without ``.nii.gz`` / ``.nii``."""
     name = Path(path).name
@@ -78,6 +103,7 @@ def read_msd_cases(src_dir: str | Path) -> list[tuple[str, Path, Path | None]]:
 
     Raises:
         FileNotFoundError: dataset.json or a listed file is missing (message names it).
+        PathOutsideDataset: a listed path is absolute or leaves ``src_dir`` (``..``, a symlink pointing out).
         ValueError: malformed entries or duplicate case ids.
     """
     src_dir = Path(src_dir)
@@ -87,8 +113,9 @@ def read_msd_cases(src_dir: str | Path) -> list[tuple[str, Path, Path | None]]:
     for i, entry in enumerate(meta["training"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise ValueError(f"{src_dir / 'dataset.json'}: training entry {i} has no 'image' path: {entry!r}")
-        image = src_dir / entry["image"]
-        label = src_dir / entry["label"] if isinstance(entry.get("label"), str) else None
+        image = contained_path(src_dir, entry["image"], f"training entry {i} 'image'")
+        label = (contained_path(src_dir, entry["label"], f"training entry {i} 'label'")
+                 if isinstance(entry.get("label"), str) else None)
         for p in (image, label):
             if p is not None and not p.is_file():
                 raise FileNotFoundError(f"{p}: listed in {src_dir / 'dataset.json'} but missing")
@@ -201,6 +228,33 @@ class Msd(Format):
     """Medical Segmentation Decathlon layout (``dataset.json``, ``imagesTr/``, ``labelsTr/``)."""
 
     summary = "MSD NIfTI listed in dataset.json"
+
+    @classmethod
+    def check_layout(cls, src_dir: str | Path) -> list[str]:
+        """dataset.json present and parseable, and every image and label it lists present inside the folder."""
+        src_dir = Path(src_dir)
+        try:
+            meta = read_dataset_json(src_dir)
+        except (OSError, ValueError) as exc:
+            return [f"{src_dir / 'dataset.json'}   ({'missing' if isinstance(exc, FileNotFoundError) else exc})"]
+        problems = []
+        for i, entry in enumerate(meta["training"]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+                problems.append(f"{src_dir / 'dataset.json'}   (training entry {i} has no 'image' path)")
+                continue
+            for key in ("image", "label"):
+                if not isinstance(entry.get(key), str):
+                    continue
+                try:
+                    path = contained_path(src_dir, entry[key], f"training entry {i} {key!r}")
+                except PathOutsideDataset as exc:
+                    problems.append(str(exc))
+                    continue
+                if not path.is_file():
+                    problems.append(f"{path}   (listed in dataset.json as training entry {i} {key!r}, missing)")
+        if not meta["training"]:
+            problems.append(f"{src_dir / 'dataset.json'}   ('training' lists no cases)")
+        return problems
     options = {
         "channels": {"description": "image channel indices to keep, in order (default all)", "type": "array",
                      "items": {"type": "integer", "minimum": 0}},

@@ -111,6 +111,8 @@ def _picai_loader(folder: Path, study: str, mods: list[str], label_path: Path | 
 class PicaiMha(Format):
     """PI-CAI .mha studies with NIfTI lesion labels."""
 
+    layout = ("images/*/*.mha",)
+
     summary = "PI-CAI .mha"
     options = {
         **MODALITY_NORMALISE_SCHEMA,

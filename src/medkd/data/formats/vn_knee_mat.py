@@ -136,6 +136,8 @@ def _knee_loader(case_id: str, files: list[tuple[int, Path]], key: str, spacing_
 class VnKneeMat(Format):
     """Hammernik et al.'s knee data, one .mat per slice."""
 
+    layout = ("*/*/*.mat",)
+
     summary = "Hammernik knee .mat"
     options = {
         "sequences": {"description": "sequence folders (coronal_pd, coronal_pd_fs, axial_t2, sagittal_pd, "
