@@ -206,6 +206,14 @@ def load_config(source: str | Path | dict, root: Path = REPO_ROOT) -> dict:
 # --------------------------------------------------------------------------------------------- queries
 
 
+def config_digest(cfg: dict) -> str:
+    """First 12 hex digits of the SHA-256 of a validated config's canonical JSON: the Snakemake client and
+    the jobs it submits compare it (workflow/rules/common.smk)."""
+    import hashlib
+
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
+
+
 def experiment_seeds(cfg: dict, exp: str) -> list[int]:
     """Seeds of ``exp``: its own list, or the config's default list."""
     return list(cfg["experiments"][exp].get("seeds") or cfg["seeds"])

@@ -8,11 +8,39 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from functools import lru_cache  # noqa: E402
 
 from medkd.codehash import code_hash  # noqa: E402
-from medkd.config import canonical_json, experiment_seeds, load_config, model_spec as _model_spec  # noqa: E402
+from medkd.config import (  # noqa: E402
+    canonical_json, config_digest, experiment_seeds, load_config, model_spec as _model_spec,
+)
 
 CFG = load_config(config)
 CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
 DATA_ROOT = CFG["data_root"]
+CONFIG_DIGEST = config_digest(CFG)
+
+
+def _check_job_config():
+    """A job Snakemake spawns elsewhere (SLURM) re-reads the config: it must be the client's. The client puts
+    its digest in the environment (sbatch --export=ALL carries it into the job); a job that computes another
+    one stops before running anything. Client and jobs log the digest so the two can be compared."""
+    import os
+
+    from snakemake.exceptions import WorkflowError
+    from snakemake.logging import logger
+
+    if workflow.remote_exec:
+        expected = os.environ.get("MEDKD_CONFIG_DIGEST")
+        if expected and expected != CONFIG_DIGEST:
+            raise WorkflowError(
+                f"medkd: this job sees config {CONFIG_DIGEST}, the Snakemake client that submitted it used {expected}: "
+                "the job was not given the client's config files (--configfiles)")
+        logger.info(f"medkd config {CONFIG_DIGEST} (job)")
+    else:
+        os.environ["MEDKD_CONFIG_DIGEST"] = CONFIG_DIGEST
+        if not workflow.local_exec:
+            logger.info(f"medkd config {CONFIG_DIGEST} (client, {len(CFG['experiments'])} experiments)")
+
+
+_check_job_config()
 
 
 EXPERIMENTS = list(CFG["experiments"])
