@@ -28,6 +28,31 @@ def _load_spec(args):
     return ModelSpec.from_json(Path(args.spec_file).read_text() if args.spec_file else args.spec)
 
 
+def _run_settings(args):
+    """The run settings (not hashed) of a step that runs a network, from its command line."""
+    from medkd.runtime import RunSettings
+
+    return RunSettings(device=args.device, threads=args.threads, channels_last=args.channels_last,
+                       cudnn_benchmark=args.cudnn_benchmark, deterministic=args.deterministic)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+
+
+def limit_threads(n: int) -> None:
+    """Hold every step to ``--threads`` CPUs (Snakemake's ``{threads}``, the CPUs a SLURM job was given): the
+    thread variables of OpenMP/BLAS/ITK for libraries imported later, and torch's intra-op threads when torch
+    is already imported (a job forked from the fork server). Steps that run a network set torch's threads
+    again through their run settings."""
+    import os
+
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
 def _pairs(values: list[str] | None) -> dict[str, Path]:
     out = {}
     for v in values or []:
@@ -125,7 +150,6 @@ def cmd_spec(args) -> None:
 
 def cmd_train(args) -> None:
     from medkd.io import read_json
-    from medkd.runtime import RunSettings
     from medkd.train import TrainInputs, train
 
     spec = _load_spec(args)
@@ -135,7 +159,7 @@ def cmd_train(args) -> None:
         teacher_summaries=_pairs(args.teacher_summary),
         data_hash=read_json(args.fingerprint)["md5"] if args.fingerprint else None,
     )
-    summary = train(spec, args.seed, inputs, args.out, RunSettings(args.device, args.threads))
+    summary = train(spec, args.seed, inputs, args.out, _run_settings(args))
     logging.getLogger("medkd").info("best %s %.4f at epoch %s", summary["select_metric"], summary["best_score"],
                                     summary["best_epoch"])
 
@@ -143,15 +167,14 @@ def cmd_train(args) -> None:
 def cmd_cache(args) -> None:
     from medkd.cache import build_cache
 
-    print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, device=args.device,
-                                 threads=args.threads)))
+    print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, settings=_run_settings(args))))
 
 
 def cmd_infer(args) -> None:
     from medkd.infer import predict
 
     print(json.dumps(predict(args.model_dir, args.store, args.split, args.out, split_name=args.split_name,
-                             device=args.device, threads=args.threads)))
+                             settings=_run_settings(args))))
 
 
 def cmd_evaluate(args) -> None:
@@ -167,8 +190,7 @@ def cmd_robustness(args) -> None:
 
     r = json.loads(args.robustness_spec)
     n = evaluate_robustness(args.model_dir, args.store, args.split, args.out, r["corruptions"], r["severities"],
-                            seed=r.get("seed", 0), metric=r.get("metric", "dice"), device=args.device,
-                            threads=args.threads)
+                            seed=r.get("seed", 0), metric=r.get("metric", "dice"), settings=_run_settings(args))
     print(f"{n} rows -> {args.out}")
 
 
@@ -226,7 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, func, help_):
         sp = sub.add_parser(name, help=help_)
         sp.set_defaults(func=func)
+        sp.add_argument("--threads", type=int, default=1,
+                        help="run setting (not hashed): CPUs of this step (torch, OpenMP, BLAS, ITK threads)")
         return sp
+
+    def add_run_settings(sp):
+        sp.add_argument("--device", default="auto", help="run setting (not hashed): auto | cpu | cuda")
+        sp.add_argument("--channels-last", action="store_true", help="run setting: NHWC model and batches")
+        sp.add_argument("--cudnn-benchmark", action="store_true", help="run setting: cuDNN autotuning")
+        sp.add_argument("--deterministic", action="store_true",
+                        help="run setting: deterministic algorithms only (wins over --cudnn-benchmark)")
 
     def add_spec(sp):
         g = sp.add_mutually_exclusive_group(required=True)
@@ -267,8 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--init-dir", help="model dir whose model.pt initialises this model")
     sp.add_argument("--teacher-summary", action="append", metavar="NAME=FILE",
                     help="summary.json of a teacher (its best validation score weights multi-teacher terms)")
-    sp.add_argument("--device", default="auto", help="run setting (not hashed): auto | cpu | cuda")
-    sp.add_argument("--threads", type=int, default=1, help="run setting (not hashed): torch threads")
+    add_run_settings(sp)
 
     for name, func, help_ in (("cache", cmd_cache, "teacher logits and uncertainty maps on train+val"),
                               ("infer", cmd_infer, "predict the test split")):
@@ -276,8 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--teacher-dir" if name == "cache" else "--model-dir", required=True)
         for a in ("--store", "--split", "--out"):
             sp.add_argument(a, required=True)
-        sp.add_argument("--device", default="auto")
-        sp.add_argument("--threads", type=int, default=1)
+        add_run_settings(sp)
         if name == "infer":
             sp.add_argument("--split-name", default="test")
 
@@ -291,8 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("robustness", cmd_robustness, "score one model on corrupted copies of the test split")
     for a in ("--model-dir", "--store", "--split", "--out", "--robustness-spec"):
         sp.add_argument(a, required=True)
-    sp.add_argument("--device", default="auto")
-    sp.add_argument("--threads", type=int, default=1)
+    add_run_settings(sp)
 
     sp = add("robustness-table", cmd_robustness_table, "robustness table and plot of one experiment")
     for a in ("--experiment", "--csv", "--md", "--png"):
@@ -356,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("medkd").info("%s: start-up %.2f s (interpreter and imports before the step)",
                                         args.command, startup)
     t0 = time.perf_counter()
+    if getattr(args, "threads", None):
+        limit_threads(args.threads)
     from medkd.errors import InputError
 
     log = logging.getLogger("medkd")

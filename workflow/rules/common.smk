@@ -17,6 +17,17 @@ CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake r
 DATA_ROOT = CFG["data_root"]
 CONFIG_DIGEST = config_digest(CFG)
 
+# Run settings of the rules that run a network (medkd.runtime.RunSettings). They reach the command line through
+# this global, not through `params`, so changing them (CPU -> GPU, channels_last, ...) re-runs no job: Snakemake
+# tracks params values and the shell command's text, not the globals the command is formatted with. `threads`
+# is Snakemake's own `threads:` of those rules ({threads} in the command; --cpus-per-task on SLURM).
+RUN_FLAGS = " ".join(
+    [f"--device {CFG['device']}"]
+    + [flag for key, flag in (("channels_last", "--channels-last"), ("cudnn_benchmark", "--cudnn-benchmark"),
+                              ("deterministic", "--deterministic")) if CFG[key]]
+)
+NET_THREADS = CFG["threads"]
+
 
 def _check_job_config():
     """A job Snakemake spawns elsewhere (SLURM) re-reads the config: it must be the client's. The client puts

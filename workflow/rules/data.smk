@@ -20,7 +20,7 @@ rule fetch:
     conda:
         "../../envs/medkd.yaml"
     shell:
-        "workflow/scripts/medkd fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} > {log} 2>&1"
+        "workflow/scripts/medkd fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 rule fetch_source:
@@ -39,7 +39,7 @@ rule fetch_source:
     conda:
         "../../envs/medkd.yaml"
     shell:
-        "workflow/scripts/medkd fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} > {log} 2>&1"
+        "workflow/scripts/medkd fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 localrules:
@@ -62,7 +62,7 @@ rule convert:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd convert --dataset {wildcards.dataset} --convert-spec {params.spec:q} --src {params.src}"
-        " --out {output.store} --fingerprint {output.fingerprint} > {log} 2>&1"
+        " --out {output.store} --fingerprint {output.fingerprint} --threads {threads} > {log} 2>&1"
 
 
 rule split:
@@ -78,4 +78,4 @@ rule split:
     conda:
         "../../envs/medkd.yaml"
     shell:
-        "workflow/scripts/medkd split --split-spec {params.spec:q} --fingerprint {input.fingerprint} --out {output.split} > {log} 2>&1"
+        "workflow/scripts/medkd split --split-spec {params.spec:q} --fingerprint {input.fingerprint} --out {output.split} --threads {threads} > {log} 2>&1"

@@ -16,4 +16,4 @@ rule undersample:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd undersample --mask-spec {params.spec:q} --store {input.store}"
-        " --out {output.kspace} > {log} 2>&1"
+        " --out {output.kspace} --threads {threads} > {log} 2>&1"

@@ -28,7 +28,7 @@ rule tables:
         "workflow/scripts/medkd tables --experiment {wildcards.exp} --experiment-spec {params.spec:q} --metrics {input.metrics}"
         " --model-order {params.order} --model-dirs {params.model_dirs} --csv {output.csv} --md {output.md} --tex {output.tex}"
         " --png {output.png} --curves {output.curves} --stats {output.stats} --health-spec {params.health:q}"
-        " --stats-spec {params.stats:q} > {log} 2>&1"
+        " --stats-spec {params.stats:q} --threads {threads} > {log} 2>&1"
 
 
 rule paper_table:
@@ -47,7 +47,7 @@ rule paper_table:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd paper-table --group {wildcards.group} --experiments-spec {params.spec:q}"
-        " --order {params.order} --tables {input.tables} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        " --order {params.order} --tables {input.tables} --csv {output.csv} --md {output.md} --threads {threads} > {log} 2>&1"
 
 
 rule collect:
@@ -67,7 +67,7 @@ rule collect:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd collect --tables {input.tables} --robustness {input.robustness} --runs {input.runs}"
-        " --out {output.all} --health-md {output.health} > {log} 2>&1"
+        " --out {output.all} --health-md {output.health} --threads {threads} > {log} 2>&1"
 
 
 rule robustness_table:
@@ -86,4 +86,4 @@ rule robustness_table:
         "../../envs/medkd.yaml"
     shell:
         "workflow/scripts/medkd robustness-table --experiment {wildcards.exp} --inputs {input.scores}"
-        " --csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
+        " --csv {output.csv} --md {output.md} --png {output.png} --threads {threads} > {log} 2>&1"

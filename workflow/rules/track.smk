@@ -21,4 +21,4 @@ rule track:
     shell:
         "workflow/scripts/medkd track --tracking-uri {params.uri} --prefix {params.prefix} --model-dirs {params.model_dirs}"
         " --metrics {input.metrics} --tables-dir results/tables --artifact-root results/mlflow/artifacts"
-        " --out {output.runs} > {log} 2>&1"
+        " --out {output.runs} --threads {threads} > {log} 2>&1"
