@@ -148,6 +148,20 @@ def cmd_spec(args) -> None:
     print(json.dumps(out, indent=2, sort_keys=True))
 
 
+def cmd_plan(args) -> None:
+    """Jobs per rule, dataset sizes and GPU-hours of a config, before anything is submitted (medkd.plan)."""
+    from medkd.config import load_config
+    from medkd.plan import DEFAULT_TFLOPS, calibrate, format_plan, make_plan
+
+    tflops, source = args.tflops or DEFAULT_TFLOPS, "effective (assumed; --tflops)"
+    if args.calibrate:
+        tflops, n = calibrate(args.calibrate)
+        source = f"measured on {n} finished runs under {args.calibrate}"
+    plan = make_plan(load_config(args.config), args.config, results=args.results, tflops=tflops,
+                     tflops_source=source, overhead_min=args.overhead_min)
+    print(format_plan(plan, per_model=not args.summary))
+
+
 def cmd_train(args) -> None:
     from medkd.io import read_json
     from medkd.train import TrainInputs, train
@@ -287,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     for a in ("--experiment", "--model", "--dataset"):
         sp.add_argument(a)
 
+    sp = add("plan", cmd_plan, "jobs per rule and estimated GPU-hours of a config, before submitting it")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--results", default="results", help="where converted datasets' fingerprints are looked up")
+    sp.add_argument("--tflops", type=float, help="sustained TFLOP/s of one GPU (default: medkd.plan.DEFAULT_TFLOPS)")
+    sp.add_argument("--calibrate", metavar="DIR", help="measure the TFLOP/s from finished runs' summary.json under DIR")
+    sp.add_argument("--overhead-min", type=float, default=2.0, help="start-up minutes per GPU job")
+    sp.add_argument("--summary", action="store_true", help="totals only, no row per training job")
+
     sp = add("train", cmd_train, "train one model (teacher or student) for one seed; resumes if interrupted")
     add_spec(sp)
     sp.add_argument("--seed", type=int, required=True)
@@ -383,6 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     if startup is not None:
         logging.getLogger("medkd").info("%s: start-up %.2f s (interpreter and imports before the step)",
                                         args.command, startup)
+    import os
+
+    if os.environ.get("SLURM_JOB_ID"):  # where a cluster job ran, in its own log
+        logging.getLogger("medkd").info(
+            "%s: SLURM_JOB_ID=%s partition=%s cpus=%s gpus=%s CUDA_VISIBLE_DEVICES=%s threads=%s", args.command,
+            os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_PARTITION"), os.environ.get("SLURM_CPUS_PER_TASK"),
+            os.environ.get("SLURM_GPUS", os.environ.get("SLURM_GPUS_ON_NODE")), os.environ.get("CUDA_VISIBLE_DEVICES"),
+            getattr(args, "threads", None))
     t0 = time.perf_counter()
     if getattr(args, "threads", None):
         limit_threads(args.threads)

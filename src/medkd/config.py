@@ -170,6 +170,9 @@ def _check_references(cfg: dict, source: str) -> None:
                         raise ConfigError(
                             f"{mwhere}/losses/{i}/teacher: {teacher!r} is not among this model's teachers {model['teachers']}"
                         )
+        unknown = sorted(set(exp.get("resources", {}).get("models", {})) - set(models))
+        if unknown:
+            raise ConfigError(f"{where}/resources/models: unknown models {unknown}")
         _check_init_cycles(models, where)
 
 

@@ -13,6 +13,8 @@ rule cache:
         code=model_code("cache"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
     threads: NET_THREADS
+    resources:
+        **job_resources("cache"),
     log:
         "results/logs/cache/{exp}/{model}/seed{seed}.log",
     conda:

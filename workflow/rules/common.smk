@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from functools import lru_cache  # noqa: E402
 
+from medkd import resources as _resources  # noqa: E402
 from medkd.codehash import code_hash  # noqa: E402
 from medkd.config import (  # noqa: E402
     canonical_json, config_digest, experiment_seeds, load_config, model_spec as _model_spec,
@@ -63,6 +64,12 @@ for _name, _exp in CFG["experiments"].items():
 
 def exp_cfg(exp):
     return CFG["experiments"][exp]
+
+
+def exp_table_spec(exp):
+    """The experiment's entry as the table rules receive it: without `resources` (cluster sizes are run
+    settings; changing them re-runs nothing)."""
+    return {k: v for k, v in exp_cfg(exp).items() if k != "resources"}
 
 
 def exp_dataset(exp):
@@ -150,6 +157,32 @@ def train_extra_args(wildcards):
     if m.get("init_from"):
         args.append(f"--init-dir {model_dir(exp, m['init_from'], seed)}")
     return " ".join(args)
+
+
+def job_resources(rule):
+    """Snakemake resources of a rule's jobs, sized from the config (medkd.resources): runtime and mem_mb (the
+    experiment's or model's `resources` entry, else scaled from the dataset's slices), times the attempt, and
+    gpu for the rules that run a network unless the device is cpu."""
+
+    def fingerprint(wildcards, input):
+        if rule == "train":
+            return _resources.read_fingerprint(input.fingerprint, input.fingerprint)
+        if rule in ("cache", "infer", "evaluate", "robustness"):
+            return _resources.read_fingerprint(f"results/slices/{exp_dataset(wildcards.exp)}.json", input.store)
+        return None
+
+    def mem_mb(wildcards, input, attempt):
+        exp = wildcards.get("exp")
+        return _resources.mem_mb(CFG, rule, exp, wildcards.get("model"), attempt,
+                                 fingerprint(wildcards, input) if exp else None)
+
+    def runtime(wildcards, attempt):
+        return _resources.runtime(CFG, rule, wildcards.get("exp"), wildcards.get("model"), attempt)
+
+    out = {"mem_mb": mem_mb, "runtime": runtime}
+    if rule in _resources.NETWORK_RULES:
+        out["gpu"] = _resources.gpu(CFG, rule)
+    return out
 
 
 def kspace_spec(dataset, name):

@@ -56,6 +56,8 @@ rule convert:
         code=lambda w: code_hash("convert", format=[CFG["datasets"][w.dataset]["convert"]["format"]]),
         spec=lambda w: canonical_json(CFG["datasets"][w.dataset]["convert"]),
         src=lambda w: raw_dir(w.dataset),
+    resources:
+        **job_resources("convert"),
     log:
         "results/logs/convert/{dataset}.log",
     conda:

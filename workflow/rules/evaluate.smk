@@ -12,6 +12,8 @@ rule infer:
         code=model_code("infer"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
     threads: NET_THREADS
+    resources:
+        **job_resources("infer"),
     log:
         "results/logs/infer/{exp}/{model}/seed{seed}.log",
     conda:
@@ -34,6 +36,8 @@ rule evaluate:
         conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
         threshold=lambda w: exp_cfg(w.exp)["logit_threshold"],
         regions=lambda w: canonical_json(exp_cfg(w.exp).get("regions", {})),
+    resources:
+        **job_resources("evaluate"),
     log:
         "results/logs/evaluate/{exp}/{model}/seed{seed}.log",
     conda:
@@ -57,6 +61,8 @@ rule robustness:
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         spec=lambda w: canonical_json(exp_cfg(w.exp)["robustness"]),
     threads: NET_THREADS
+    resources:
+        **job_resources("robustness"),
     log:
         "results/logs/robustness/{exp}/{model}/seed{seed}.log",
     conda:

@@ -10,6 +10,8 @@ rule undersample:
     params:
         code=code("undersample"),
         spec=lambda w: canonical_json(kspace_spec(w.dataset, w.mask)),
+    resources:
+        **job_resources("undersample"),
     log:
         "results/logs/undersample/{dataset}/{mask}.log",
     conda:

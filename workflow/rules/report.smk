@@ -15,7 +15,7 @@ rule tables:
         stats="results/tables/{exp}_stats.csv",
     params:
         code=code("tables"),
-        spec=lambda w: canonical_json(exp_cfg(w.exp)),
+        spec=lambda w: canonical_json(exp_table_spec(w.exp)),
         health=canonical_json(CFG["health"]),
         stats=canonical_json(CFG["stats"]),
         order=lambda w: " ".join(exp_cfg(w.exp)["models"]),
@@ -39,7 +39,7 @@ rule paper_table:
         md="results/tables/paper_{group}.md",
     params:
         code=code("paper-table"),
-        spec=lambda w: canonical_json({e: exp_cfg(e) for e in GROUPS[w.group]}),
+        spec=lambda w: canonical_json({e: exp_table_spec(e) for e in GROUPS[w.group]}),
         order=lambda w: " ".join(f"{e}:{','.join(exp_cfg(e)['models'])}" for e in GROUPS[w.group]),
     log:
         "results/logs/paper_table/{group}.log",

@@ -15,7 +15,7 @@ rule train:
         out=lambda w: model_dir(w.exp, w.model, w.seed),
     threads: NET_THREADS
     resources:
-        gpu=lambda w: 1 if CFG["device"] != "cpu" else 0,
+        **job_resources("train"),
     log:
         "results/logs/train/{exp}/{model}/seed{seed}.log",
     benchmark:
