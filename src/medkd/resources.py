@@ -37,7 +37,7 @@ DEFAULT_RUNTIME = {"convert": 240, "undersample": 120, "train": 720, "cache": 60
                    "robustness": 240}
 # MB a job needs before its data: interpreter, torch, and for GPU jobs the CUDA context's host memory
 BASE_MB = {"cpu": 2000, "gpu": 6000}
-DEFAULT_MB = {"convert": 8000, "undersample": 8000}  # hold one raw volume at a time: no data scaling
+DEFAULT_MB = {"convert": 4000, "undersample": 4000}  # hold one raw volume at a time: no data scaling
 
 
 def configured(cfg: Mapping, rule: str, exp: str | None = None, model: str | None = None) -> dict:

@@ -18,7 +18,7 @@ rule cache:
     log:
         "results/logs/cache/{exp}/{model}/seed{seed}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd cache --teacher-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --out {output.cache} {RUN_FLAGS} --threads {threads} > {log} 2>&1"

@@ -55,6 +55,31 @@ def _check_job_config():
 _check_job_config()
 
 
+NO_CONDA_MESSAGE = (
+    "medkd: --sdm conda (or --use-conda) was given, but there is no `conda` on PATH, so Snakemake cannot create "
+    "the rules' environments (envs/training.yaml, envs/tables.yaml). Either install conda (e.g. Miniforge) and run "
+    "again, or leave out --sdm conda and use the project's pinned virtualenv instead: `make reproduce` creates .venv "
+    "from requirements.lock and runs the whole workflow (or `make venv`, then .venv/bin/snakemake ...)."
+)
+
+
+def _require_conda():
+    """With conda deployment asked for, stop while the Snakefile is read (before any job, also for a dry run)
+    when conda is missing."""
+    import shutil
+
+    from snakemake.exceptions import WorkflowError
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    settings = workflow.deployment_settings
+    if settings is None or DeploymentMethod.CONDA not in settings.deployment_method or shutil.which("conda"):
+        return
+    raise WorkflowError(NO_CONDA_MESSAGE)
+
+
+_require_conda()
+
+
 EXPERIMENTS = list(CFG["experiments"])
 GROUPS = {}  # paper table name -> its experiments, in config order
 for _name, _exp in CFG["experiments"].items():

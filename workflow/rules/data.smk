@@ -18,7 +18,7 @@ rule fetch:
     log:
         "results/logs/fetch/{dataset}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
@@ -37,7 +37,7 @@ rule fetch_source:
     log:
         "results/logs/fetch_source/{source}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
@@ -61,7 +61,7 @@ rule convert:
     log:
         "results/logs/convert/{dataset}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd convert --dataset {wildcards.dataset} --convert-spec {params.spec:q} --src {params.src}"
         " --out {output.store} --fingerprint {output.fingerprint} --threads {threads} > {log} 2>&1"
@@ -78,6 +78,6 @@ rule split:
     log:
         "results/logs/split/{exp}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd split --split-spec {params.spec:q} --fingerprint {input.fingerprint} --out {output.split} --threads {threads} > {log} 2>&1"

@@ -17,7 +17,7 @@ rule infer:
     log:
         "results/logs/infer/{exp}/{model}/seed{seed}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd infer --model-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --out {output.predictions} {RUN_FLAGS} --threads {threads} > {log} 2>&1"
@@ -41,7 +41,7 @@ rule evaluate:
     log:
         "results/logs/evaluate/{exp}/{model}/seed{seed}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
         " --split {input.split} --conventions {params.conventions} --logit-threshold {params.threshold}"
@@ -66,7 +66,7 @@ rule robustness:
     log:
         "results/logs/robustness/{exp}/{model}/seed{seed}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd robustness --model-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --robustness-spec {params.spec:q} --out {output.scores} {RUN_FLAGS} --threads {threads}"

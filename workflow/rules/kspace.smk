@@ -15,7 +15,7 @@ rule undersample:
     log:
         "results/logs/undersample/{dataset}/{mask}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd undersample --mask-spec {params.spec:q} --store {input.store}"
         " --out {output.kspace} --threads {threads} > {log} 2>&1"

@@ -23,7 +23,7 @@ rule tables:
     log:
         "results/logs/tables/{exp}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd tables --experiment {wildcards.exp} --experiment-spec {params.spec:q} --metrics {input.metrics}"
         " --model-order {params.order} --model-dirs {params.model_dirs} --csv {output.csv} --md {output.md} --tex {output.tex}"
@@ -44,7 +44,7 @@ rule paper_table:
     log:
         "results/logs/paper_table/{group}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd paper-table --group {wildcards.group} --experiments-spec {params.spec:q}"
         " --order {params.order} --tables {input.tables} --csv {output.csv} --md {output.md} --threads {threads} > {log} 2>&1"
@@ -64,7 +64,7 @@ rule collect:
     log:
         "results/logs/collect.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd collect --tables {input.tables} --robustness {input.robustness} --runs {input.runs}"
         " --out {output.all} --health-md {output.health} --threads {threads} > {log} 2>&1"
@@ -83,7 +83,7 @@ rule robustness_table:
     log:
         "results/logs/robustness_table/{exp}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd robustness-table --experiment {wildcards.exp} --inputs {input.scores}"
         " --csv {output.csv} --md {output.md} --png {output.png} --threads {threads} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule train:
     benchmark:
         "results/benchmarks/train/{exp}/{model}/seed{seed}.tsv"
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd train --spec {params.spec:q} --seed {wildcards.seed} --store {input.store}"
         " --split {input.split} --fingerprint {input.fingerprint} {params.extra} --out {params.out}"
