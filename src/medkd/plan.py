@@ -268,7 +268,7 @@ def canonical(value) -> str:
 
 
 def _num(x: float) -> str:
-    if x >= 100:
+    if float(x).is_integer() or x >= 100:
         return f"{x:,.0f}"
     if x >= 1:
         return f"{x:.1f}"
@@ -285,19 +285,28 @@ def format_plan(plan: Plan, per_model: bool = True) -> str:
     lines += ["", "Data (cases, 2-D slices):"]
     for ds, s in plan.sizes.items():
         lines.append(f"  {ds:<18}{_num(s.cases):>8}{_num(s.slices):>10}  {s.source}")
-    lines += ["", f"Training jobs (forward GFLOP per slice measured with FlopCounterMode; a step = 3 forward passes; "
-                  f"GPU-h at {plan.tflops:.3g} TFLOP/s {plan.tflops_source} + {plan.overhead_min:g} min start-up):"]
+    lines += ["", f"Training jobs (forward GFLOP per slice measured with FlopCounterMode; a step = 3 forward passes;",
+              f"GPU-h at {plan.tflops:.3g} TFLOP/s {plan.tflops_source}, + {plan.overhead_min:g} min start-up per job):"]
     header = f"  {'experiment':<22}{'model':<17}{'GFLOP/slice':>12}{'epochs':>7}{'train sl.':>10}{'seeds':>6}" \
              f"{'GPU-h/job':>10}{'runtime':>9}"
+    if not per_model:  # one row per experiment
+        lines.append(f"  {'experiment':<22}{'train jobs':>11}{'longest GPU-h/job':>19}{'its runtime':>12}"
+                     f"{'GPU-h':>9}")
+        for exp in dict.fromkeys(r.experiment for r in plan.train):
+            rows = [r for r in plan.train if r.experiment == exp]
+            longest = max(rows, key=lambda r: r.hours_job)
+            flag = " !" if any(r.hours_job * 60 > r.runtime_min for r in rows) else ""
+            lines.append(f"  {exp:<22}{sum(r.seeds for r in rows):>11}{longest.hours_job:>19.2f}"
+                         f"{longest.runtime_min:>11}m{sum(r.hours_job * r.seeds for r in rows):>9.1f}{flag}")
     if per_model:
         lines.append(header)
         for r in plan.train:
             flag = " !" if r.hours_job * 60 > r.runtime_min else ""
             lines.append(f"  {r.experiment:<22}{r.model:<17}{r.gflop_slice:>12.3g}{r.epochs:>7}{_num(r.train_slices):>10}"
                          f"{r.seeds:>6}{r.hours_job:>10.2f}{r.runtime_min:>8}m{flag}")
-        if any(r.hours_job * 60 > r.runtime_min for r in plan.train):
-            lines.append("  ! the estimate exceeds the job's runtime: raise resources.models.<model>.runtime "
-                         "(a timed-out job resumes from last.pt on its retry)")
+    if any(r.hours_job * 60 > r.runtime_min for r in plan.train):
+        lines.append("  ! the estimate exceeds the job's runtime: raise resources.models.<model>.runtime "
+                     "(a timed-out job resumes from last.pt on its retry)")
     lines += ["", "Estimated GPU time:"]
     for rule in ("train", "cache", "infer", "robustness"):
         if rule in plan.pflop:
