@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
+CONFIG ?= config/config.yaml
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv reproduce test test-unit lint dryrun ui benchmark clean data-add data-push data-pull data-status
+.PHONY: venv reproduce test test-unit lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
 
 venv: $(STAMP)
 
@@ -41,6 +42,10 @@ lint: $(STAMP)
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n results/tables/all.csv
+
+# jobs per rule and estimated GPU-hours of a config before submitting it: make plan CONFIG=config/paper.yaml
+plan: $(STAMP)
+	workflow/scripts/medkd plan --config $(CONFIG)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port 5000

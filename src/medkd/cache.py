@@ -35,7 +35,7 @@ from tqdm import tqdm
 from medkd import uncertainty
 from medkd.io import atomic_path
 from medkd.datasets import load_split
-from medkd.runtime import RunSettings, forward_model, load_trained, to_device
+from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
 
 CACHED_SPLITS = ("train", "val")  # students train on train (or a subset of it) and validate on val
@@ -43,13 +43,15 @@ CACHED_SPLITS = ("train", "val")  # students train on train (or a subset of it) 
 
 @torch.no_grad()
 def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Path, out_path: str | Path,
-                batch_size: int = 16, device: str = "auto", threads: int = 1) -> dict:
-    """Run the best teacher checkpoint over the train and val cases and write the cache file.
+                batch_size: int = 16, settings: RunSettings | None = None) -> dict:
+    """Run the best teacher checkpoint over the train and val cases and write the cache file, under the
+    teacher's training precision (``train.precision`` autocast; the stored maps are float32).
 
     Returns a small summary (cases, slices, keys).
     """
-    dev = RunSettings(device, threads).apply()
-    model, spec = load_trained(teacher_dir, dev)
+    settings = settings or RunSettings()
+    dev = settings.apply()
+    model, spec = load_trained(teacher_dir, dev, settings)
     keys_unc = list(spec.cache.uncertainty)
     temp = spec.cache.confidence_temperature
     passes = spec.cache.mc_passes
@@ -65,8 +67,9 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
                 idx = torch.as_tensor(runs[cid])
                 outs, mc = [], []
                 for start in range(0, len(idx), batch_size):
-                    batch = to_device(data.batch(idx[start : start + batch_size]), dev)
-                    out = forward_model(model, batch)
+                    batch = to_device(data.batch(idx[start : start + batch_size]), dev, settings.channels_last)
+                    with autocast(dev, spec.train.precision):
+                        out = forward_model(model, batch)
                     outs.append((out["out"] if isinstance(out, dict) else out).float().cpu())
                     if seg and "mc_dropout" in keys_unc:
                         seed = zlib.crc32(f"{cid}:{start}".encode())

@@ -28,6 +28,31 @@ def _load_spec(args):
     return ModelSpec.from_json(Path(args.spec_file).read_text() if args.spec_file else args.spec)
 
 
+def _run_settings(args):
+    """The run settings (not hashed) of a step that runs a network, from its command line."""
+    from medkd.runtime import RunSettings
+
+    return RunSettings(device=args.device, threads=args.threads, channels_last=args.channels_last,
+                       cudnn_benchmark=args.cudnn_benchmark, deterministic=args.deterministic)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+
+
+def limit_threads(n: int) -> None:
+    """Hold every step to ``--threads`` CPUs (Snakemake's ``{threads}``, the CPUs a SLURM job was given): the
+    thread variables of OpenMP/BLAS/ITK for libraries imported later, and torch's intra-op threads when torch
+    is already imported (a job forked from the fork server). Steps that run a network set torch's threads
+    again through their run settings."""
+    import os
+
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
 def _pairs(values: list[str] | None) -> dict[str, Path]:
     out = {}
     for v in values or []:
@@ -132,9 +157,22 @@ def cmd_spec(args) -> None:
     print(json.dumps(out, indent=2, sort_keys=True))
 
 
+def cmd_plan(args) -> None:
+    """Jobs per rule, dataset sizes and GPU-hours of a config, before anything is submitted (medkd.plan)."""
+    from medkd.config import load_config
+    from medkd.plan import DEFAULT_TFLOPS, calibrate, format_plan, make_plan
+
+    tflops, source = args.tflops or DEFAULT_TFLOPS, "effective (assumed; --tflops)"
+    if args.calibrate:
+        tflops, n = calibrate(args.calibrate)
+        source = f"measured on {n} finished runs under {args.calibrate}"
+    plan = make_plan(load_config(args.config), args.config, results=args.results, tflops=tflops,
+                     tflops_source=source, overhead_min=args.overhead_min)
+    print(format_plan(plan, per_model=not args.summary))
+
+
 def cmd_train(args) -> None:
     from medkd.io import read_json
-    from medkd.runtime import RunSettings
     from medkd.train import TrainInputs, train
 
     spec = _load_spec(args)
@@ -144,7 +182,7 @@ def cmd_train(args) -> None:
         teacher_summaries=_pairs(args.teacher_summary),
         data_hash=read_json(args.fingerprint)["md5"] if args.fingerprint else None,
     )
-    summary = train(spec, args.seed, inputs, args.out, RunSettings(args.device, args.threads))
+    summary = train(spec, args.seed, inputs, args.out, _run_settings(args))
     logging.getLogger("medkd").info("best %s %.4f at epoch %s", summary["select_metric"], summary["best_score"],
                                     summary["best_epoch"])
 
@@ -152,15 +190,14 @@ def cmd_train(args) -> None:
 def cmd_cache(args) -> None:
     from medkd.cache import build_cache
 
-    print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, device=args.device,
-                                 threads=args.threads)))
+    print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, settings=_run_settings(args))))
 
 
 def cmd_infer(args) -> None:
     from medkd.infer import predict
 
     print(json.dumps(predict(args.model_dir, args.store, args.split, args.out, split_name=args.split_name,
-                             device=args.device, threads=args.threads)))
+                             settings=_run_settings(args))))
 
 
 def cmd_evaluate(args) -> None:
@@ -178,8 +215,7 @@ def cmd_robustness(args) -> None:
 
     r = validate_part("/$defs/experiment/properties/robustness", json.loads(args.robustness_spec), "robustness spec")
     n = evaluate_robustness(args.model_dir, args.store, args.split, args.out, r["corruptions"], r["severities"],
-                            seed=r["seed"], metric=r["metric"], device=args.device,
-                            threads=args.threads)
+                            seed=r["seed"], metric=r["metric"], settings=_run_settings(args))
     print(f"{n} rows -> {args.out}")
 
 
@@ -237,7 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, func, help_):
         sp = sub.add_parser(name, help=help_)
         sp.set_defaults(func=func)
+        sp.add_argument("--threads", type=int, default=1,
+                        help="run setting (not hashed): CPUs of this step (torch, OpenMP, BLAS, ITK threads)")
         return sp
+
+    def add_run_settings(sp):
+        sp.add_argument("--device", default="auto", help="run setting (not hashed): auto | cpu | cuda")
+        sp.add_argument("--channels-last", action="store_true", help="run setting: NHWC model and batches")
+        sp.add_argument("--cudnn-benchmark", action="store_true", help="run setting: cuDNN autotuning")
+        sp.add_argument("--deterministic", action="store_true",
+                        help="run setting: deterministic algorithms only (wins over --cudnn-benchmark)")
 
     def add_spec(sp):
         g = sp.add_mutually_exclusive_group(required=True)
@@ -267,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     for a in ("--experiment", "--model", "--dataset"):
         sp.add_argument(a)
 
+    sp = add("plan", cmd_plan, "jobs per rule and estimated GPU-hours of a config, before submitting it")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--results", default="results", help="where converted datasets' fingerprints are looked up")
+    sp.add_argument("--tflops", type=float, help="sustained TFLOP/s of one GPU (default: medkd.plan.DEFAULT_TFLOPS)")
+    sp.add_argument("--calibrate", metavar="DIR", help="measure the TFLOP/s from finished runs' summary.json under DIR")
+    sp.add_argument("--overhead-min", type=float, default=2.0, help="start-up minutes per GPU job")
+    sp.add_argument("--summary", action="store_true", help="totals only, no row per training job")
+
     sp = add("train", cmd_train, "train one model (teacher or student) for one seed; resumes if interrupted")
     add_spec(sp)
     sp.add_argument("--seed", type=int, required=True)
@@ -278,8 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--init-dir", help="model dir whose model.pt initialises this model")
     sp.add_argument("--teacher-summary", action="append", metavar="NAME=FILE",
                     help="summary.json of a teacher (its best validation score weights multi-teacher terms)")
-    sp.add_argument("--device", default="auto", help="run setting (not hashed): auto | cpu | cuda")
-    sp.add_argument("--threads", type=int, default=1, help="run setting (not hashed): torch threads")
+    add_run_settings(sp)
 
     for name, func, help_ in (("cache", cmd_cache, "teacher logits and uncertainty maps on train+val"),
                               ("infer", cmd_infer, "predict the test split")):
@@ -287,8 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--teacher-dir" if name == "cache" else "--model-dir", required=True)
         for a in ("--store", "--split", "--out"):
             sp.add_argument(a, required=True)
-        sp.add_argument("--device", default="auto")
-        sp.add_argument("--threads", type=int, default=1)
+        add_run_settings(sp)
         if name == "infer":
             sp.add_argument("--split-name", default="test")
 
@@ -302,8 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("robustness", cmd_robustness, "score one model on corrupted copies of the test split")
     for a in ("--model-dir", "--store", "--split", "--out", "--robustness-spec"):
         sp.add_argument(a, required=True)
-    sp.add_argument("--device", default="auto")
-    sp.add_argument("--threads", type=int, default=1)
+    add_run_settings(sp)
 
     sp = add("robustness-table", cmd_robustness_table, "robustness table and plot of one experiment")
     for a in ("--experiment", "--csv", "--md", "--png"):
@@ -366,7 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     if startup is not None:
         logging.getLogger("medkd").info("%s: start-up %.2f s (interpreter and imports before the step)",
                                         args.command, startup)
+    import os
+
+    if os.environ.get("SLURM_JOB_ID"):  # where a cluster job ran, in its own log
+        logging.getLogger("medkd").info(
+            "%s: SLURM_JOB_ID=%s partition=%s cpus=%s gpus=%s CUDA_VISIBLE_DEVICES=%s threads=%s", args.command,
+            os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_JOB_PARTITION"), os.environ.get("SLURM_CPUS_PER_TASK"),
+            os.environ.get("SLURM_GPUS", os.environ.get("SLURM_GPUS_ON_NODE")), os.environ.get("CUDA_VISIBLE_DEVICES"),
+            getattr(args, "threads", None))
     t0 = time.perf_counter()
+    if getattr(args, "threads", None):
+        limit_threads(args.threads)
     from medkd.errors import InputError
 
     log = logging.getLogger("medkd")

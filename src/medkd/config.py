@@ -199,6 +199,9 @@ def _check_references(cfg: dict, source: str) -> None:
                         raise ConfigError(
                             f"{mwhere}/losses/{i}/teacher: {teacher!r} is not among this model's teachers {model['teachers']}"
                         )
+        unknown = sorted(set(exp.get("resources", {}).get("models", {})) - set(models))
+        if unknown:
+            raise ConfigError(f"{where}/resources/models: unknown models {unknown}")
         _check_init_cycles(models, where)
 
 
@@ -233,6 +236,14 @@ def load_config(source: str | Path | dict, root: Path = REPO_ROOT) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- queries
+
+
+def config_digest(cfg: dict) -> str:
+    """First 12 hex digits of the SHA-256 of a validated config's canonical JSON: the Snakemake client and
+    the jobs it submits compare it (workflow/rules/common.smk)."""
+    import hashlib
+
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
 
 
 def experiment_seeds(cfg: dict, exp: str) -> list[int]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from medkd.io import atomic_path
 from medkd.models import count_parameters
 from medkd.datasets import load_split
-from medkd.runtime import RunSettings, forward_model, load_trained, to_device
+from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
 
 def to_labels(output: torch.Tensor) -> torch.Tensor:
@@ -46,10 +46,12 @@ def measure_latency(model, batch: dict, repeats: int = 5) -> float:
 
 @torch.no_grad()
 def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, out_path: str | Path,
-            split_name: str = "test", batch_size: int = 16, device: str = "auto", threads: int = 1) -> dict:
-    """Predict every slice of ``split_name``'s cases with the best checkpoint and write ``out_path``."""
-    dev = RunSettings(device, threads).apply()
-    model, spec = load_trained(model_dir, dev)
+            split_name: str = "test", batch_size: int = 16, settings: RunSettings | None = None) -> dict:
+    """Predict every slice of ``split_name``'s cases with the best checkpoint, under the model's training
+    precision (``train.precision`` autocast), and write ``out_path``."""
+    settings = settings or RunSettings()
+    dev = settings.apply()
+    model, spec = load_trained(model_dir, dev, settings)
     data = load_split(spec, store, split_path, split_name)
     seg = spec.is_segmentation
     runs = data.case_slices()
@@ -59,10 +61,11 @@ def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, ou
             idx = torch.as_tensor(runs[cid])
             preds, logits = [], []
             for start in range(0, len(idx), batch_size):
-                batch = to_device(data.batch(idx[start : start + batch_size]), dev)
-                if latency is None:
-                    latency = measure_latency(model, batch)
-                out = forward_model(model, batch)
+                batch = to_device(data.batch(idx[start : start + batch_size]), dev, settings.channels_last)
+                with autocast(dev, spec.train.precision):
+                    if latency is None:
+                        latency = measure_latency(model, batch)
+                    out = forward_model(model, batch)
                 out = (out["out"] if isinstance(out, dict) else out).float().cpu()
                 if seg:
                     preds.append(to_labels(out))

@@ -27,29 +27,32 @@ from medkd.data.corrupt import corrupt
 from medkd.infer import to_labels
 from medkd.io import atomic_path
 from medkd.datasets import load_split
-from medkd.runtime import RunSettings, forward_model, load_trained, to_device
+from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
 COLUMNS = ["experiment", "model", "seed", "case", "class", "metric", "corruption", "severity", "value"]
 METRICS = {"dice": metrics.dice, "iou": metrics.iou}
 
 
 @torch.no_grad()
-def _predict(model, images: torch.Tensor, batch_size: int, device) -> np.ndarray:
+def _predict(model, images: torch.Tensor, batch_size: int, device, settings: RunSettings, precision: str) -> np.ndarray:
     preds = []
     for start in range(0, len(images), batch_size):
-        out = forward_model(model, to_device({"image": images[start : start + batch_size]}, device))
+        batch = to_device({"image": images[start : start + batch_size]}, device, settings.channels_last)
+        with autocast(device, precision):
+            out = forward_model(model, batch)
         preds.append(to_labels((out["out"] if isinstance(out, dict) else out).float().cpu()))
     return torch.cat(preds).numpy()
 
 
 def evaluate_robustness(model_dir: str | Path, store: str | Path, split_path: str | Path, out_csv: str | Path,
                         corruptions: list[str], severities: list[int], seed: int = 0, metric: str = "dice",
-                        batch_size: int = 16, device: str = "auto", threads: int = 1) -> int:
+                        batch_size: int = 16, settings: RunSettings | None = None) -> int:
     """Score one model on clean and corrupted test slices; returns the number of rows written."""
     if metric not in METRICS:
         raise ValueError(f"robustness metric {metric!r} not in {sorted(METRICS)}")
-    dev = RunSettings(device, threads).apply()
-    model, spec = load_trained(model_dir, dev)
+    settings = settings or RunSettings()
+    dev = settings.apply()
+    model, spec = load_trained(model_dir, dev, settings)
     if not spec.is_segmentation:
         raise ValueError(f"{model_dir}: the robustness suite scores segmentation models only")
     from medkd.io import read_json
@@ -61,8 +64,8 @@ def evaluate_robustness(model_dir: str | Path, store: str | Path, split_path: st
     score = METRICS[metric]
     base = {"experiment": spec.experiment, "model": spec.model, "seed": run_seed, "metric": metric}
     rows = []
-    settings = [("none", 0)] + [(c, s) for c in corruptions for s in severities]
-    for name, severity in tqdm(settings, desc=f"robustness {spec.model}", unit="setting", disable=None):
+    grid = [("none", 0)] + [(c, s) for c in corruptions for s in severities]
+    for name, severity in tqdm(grid, desc=f"robustness {spec.model}", unit="setting", disable=None):
         for cid in sorted(runs):
             idx = runs[cid]
             clean = data.tensors["image"][idx].numpy()
@@ -73,7 +76,7 @@ def evaluate_robustness(model_dir: str | Path, store: str | Path, split_path: st
                     corrupt(img, name, severity, seed=zlib.crc32(f"{seed}:{cid}:{k}:{name}".encode()))
                     for k, img in enumerate(clean)
                 ]).astype(np.float32)
-            pred = _predict(model, torch.from_numpy(images), batch_size, dev)
+            pred = _predict(model, torch.from_numpy(images), batch_size, dev, settings, spec.train.precision)
             ref = data.tensors["target"][idx].numpy()
             for cname, c in classes.items():
                 rows.append({**base, "case": cid, "class": cname, "corruption": name, "severity": severity,

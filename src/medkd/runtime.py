@@ -1,12 +1,16 @@
-"""What every stage that runs a network shares: run settings, devices, building and loading models.
+"""What every stage that runs a network shares: run settings, devices, precision, building and loading models.
 
-Run settings (device, threads) come from the rule's command line, never from the hashed spec; they are
-recorded in each job's ``env.json``.
+Run settings (device, threads, memory layout, cuDNN switches) come from the rule's command line, never from
+the hashed spec; they are recorded in each job's ``env.json``. The arithmetic precision is the other way
+round: ``train.precision`` is part of the recipe (spec), because bf16 or fp16 autocast changes the numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -16,21 +20,45 @@ from medkd.io import read_json
 from medkd.models import build_model
 from medkd.spec import ModelSpec
 
+log = logging.getLogger("medkd.runtime")
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How (not what) a job runs. ``device``: auto | cpu | cuda; ``threads``: torch intra-op threads."""
+    """How (not what) a job runs.
+
+    ``device``: auto | cpu | cuda; ``threads``: torch intra-op threads (Snakemake's ``{threads}``, so the CPUs
+    SLURM allocated); ``channels_last``: NHWC layout of the model and of every 4-D batch tensor;
+    ``cudnn_benchmark``: cuDNN autotuning; ``deterministic``: deterministic algorithms only (wins over
+    ``cudnn_benchmark``). None of them is part of a spec hash.
+    """
 
     device: str = "auto"
     threads: int = 1
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    deterministic: bool = False
 
     def apply(self) -> torch.device:
-        """Set torch's thread count and return the resolved device."""
+        """Set torch's threads and backend switches; return the resolved device."""
         torch.set_num_threads(int(self.threads))
+        if self.deterministic:
+            if self.cudnn_benchmark:
+                log.warning("deterministic wins over cudnn_benchmark: cuDNN autotuning stays off")
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = bool(self.deterministic)
+        torch.backends.cudnn.benchmark = bool(self.cudnn_benchmark and not self.deterministic)
         return resolve_device(self.device)
 
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model in the settings' memory layout (channels_last or as built)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
     def record(self) -> dict:
-        return {"device": self.device, "threads": int(self.threads)}
+        return {**asdict(self), "threads": int(self.threads)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,6 +70,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a spec's ``train.precision`` on ``device`` (a no-op for fp32)."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(AUTOCAST_DTYPES)}")
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A GradScaler, enabled for fp16 only (bf16 has fp32's exponent range and needs no loss scaling)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
 def build_from_spec(spec: ModelSpec) -> nn.Module:
     """A freshly initialised network of ``spec.arch`` with the spec's channel counts and arch kwargs."""
     cin, cout = spec.in_out_channels()
@@ -49,25 +92,38 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
     return build_model(spec.arch, in_channels=cin, out_channels=cout, **kwargs)
 
 
-def load_trained(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelSpec]:
+def load_trained(model_dir: str | Path, device: torch.device | str = "cpu",
+                 settings: RunSettings | None = None) -> tuple[nn.Module, ModelSpec]:
     """The best weights of a finished model directory (``model.pt``), in eval mode, and its spec
-    (from ``config.json``)."""
+    (from ``config.json``), in the memory layout of ``settings``."""
     model_dir = Path(model_dir)
     spec = ModelSpec.from_dict(read_json(model_dir / "config.json")["spec"])
     model = build_from_spec(spec)
     state = torch.load(model_dir / "model.pt", map_location=device, weights_only=True)
     model.load_state_dict(state)
-    return model.to(device).eval(), spec
+    model = model.to(device).eval()
+    return (settings.prepare(model) if settings is not None else model), spec
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Move every tensor of a (nested) batch dict to ``device``."""
+def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
+    """Move every tensor of a (nested) batch dict to ``device``.
+
+    For CUDA the host tensors are pinned first and copied with ``non_blocking=True``, so the copy overlaps
+    the previous step's kernels. With ``channels_last`` every 4-D floating tensor (images, feature maps
+    of the cache) is made NHWC.
+    """
+    pin = device.type == "cuda"
     out = {}
     for k, v in batch.items():
         if isinstance(v, dict):
-            out[k] = to_device(v, device)
+            out[k] = to_device(v, device, channels_last)
         elif torch.is_tensor(v):
-            out[k] = v.to(device, non_blocking=True)
+            if pin and v.device.type == "cpu" and not v.is_pinned():
+                v = v.pin_memory()
+            v = v.to(device, non_blocking=pin)
+            if channels_last and v.dim() == 4 and v.is_floating_point():
+                v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
         else:
             out[k] = v
     return out

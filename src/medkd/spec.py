@@ -12,9 +12,10 @@ with it too), so a second validation layer would duplicate it; frozen dataclasse
 access, immutability and type hints with no new dependency, and this module imports neither torch nor
 Snakemake (the Snakefile builds specs to hash them).
 
-What is NOT in a spec: run settings (device, threads, paths). They are passed on the command line by
-the rule, recorded in ``env.json``, and never hashed, so moving a run from CPU to GPU or changing its
-threads neither re-trains a model nor breaks its resume.
+What is NOT in a spec: run settings (device, threads, channels_last, cudnn_benchmark, deterministic, paths).
+They are passed on the command line by the rule, recorded in ``env.json``, and never hashed, so moving a run
+from CPU to GPU or changing its threads neither re-trains a model nor breaks its resume. The arithmetic
+precision (``train.precision``) is in the spec: it changes the numbers a recipe produces.
 
 Mapping-valued fields (``classes``, ``arch_kwargs``, loss ``kwargs``, ``fidelity``) are read-only
 :class:`types.MappingProxyType` views; :meth:`ModelSpec.to_dict` returns plain JSON-ready data, and
@@ -167,7 +168,7 @@ class TrainSpec(_Spec):
     subset: str  # split or nested subset trained on
     val_split: str
     drop_last: bool
-    amp: bool  # mixed precision, CUDA only
+    precision: str  # fp32 | bf16 | fp16 (autocast; part of the recipe, hence of the hash)
     optimizer: OptimizerSpec
     scheduler: SchedulerSpec
     select: SelectSpec
@@ -175,7 +176,7 @@ class TrainSpec(_Spec):
     @classmethod
     def from_dict(cls, d: Mapping) -> "TrainSpec":
         return cls(epochs=int(d["epochs"]), batch_size=int(d["batch_size"]), subset=d["subset"],
-                   val_split=d["val_split"], drop_last=bool(d["drop_last"]), amp=bool(d["amp"]),
+                   val_split=d["val_split"], drop_last=bool(d["drop_last"]), precision=d["precision"],
                    optimizer=OptimizerSpec.from_dict(d["optimizer"]),
                    scheduler=SchedulerSpec.from_dict(d["scheduler"]), select=SelectSpec.from_dict(d["select"]))
 

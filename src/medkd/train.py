@@ -22,8 +22,10 @@ loss term(s) named by ``select.term``, summed, lower; e.g. P-CD's validation cro
 validation DiceLoss, KD-MRI's attention-map MSE), ``last`` (the final epoch). Every epoch record also
 holds each term's unweighted validation value as ``val_term:<index>:<loss name>``.
 
-Run settings (:class:`~medkd.runtime.RunSettings`: device, threads) are not part of the spec: a run moved
-from CPU to GPU resumes the same checkpoint.
+Run settings (:class:`~medkd.runtime.RunSettings`: device, threads, channels_last, cuDNN switches) are not
+part of the spec: a run moved from CPU to GPU resumes the same checkpoint. ``train.precision`` (fp32, bf16,
+fp16) is: every forward pass (training, validation) runs under :func:`medkd.runtime.autocast`, and fp16
+scales the loss with a GradScaler.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from medkd.models import count_parameters
 from medkd.objective import Objective
 from medkd.optim import build_optimizer, build_scheduler
 from medkd.provenance import environment_record
-from medkd.runtime import RunSettings, build_from_spec, forward_model, load_trained, to_device
+from medkd.runtime import (
+    RunSettings, autocast, build_from_spec, forward_model, grad_scaler, load_trained, to_device,
+)
 from medkd.spec import ModelSpec, term_keys
 
 log = logging.getLogger("medkd.train")
@@ -94,9 +98,15 @@ class Run:
     optimizer: torch.optim.Optimizer | None
     scheduler: object
     scaler: torch.amp.GradScaler
-    use_amp: bool
     metric: str
     mode: str
+    settings: RunSettings = field(default_factory=RunSettings)
+
+    def to_device(self, batch: dict) -> dict:
+        return to_device(batch, self.device, self.settings.channels_last)
+
+    def autocast(self):
+        return autocast(self.device, self.spec.train.precision)
 
 
 @dataclass
@@ -139,26 +149,29 @@ def selection(spec: ModelSpec) -> tuple[str, str]:
     return metric, spec.train.select.mode or ("max" if metric == "val_dice" else "min")
 
 
-def load_online_teachers(spec: ModelSpec, inputs: TrainInputs, device: torch.device) -> dict:
+def load_online_teachers(spec: ModelSpec, inputs: TrainInputs, device: torch.device,
+                         settings: RunSettings | None = None) -> dict:
     taps = spec.teacher_taps()
     teachers = {}
     for name in spec.online_teachers():
         if name not in inputs.teacher_dirs:
             raise ValueError(f"model {spec.model!r} taps teacher {name!r} online but no teacher dir was given")
-        tmodel, _ = load_trained(inputs.teacher_dirs[name], device)
+        tmodel, _ = load_trained(inputs.teacher_dirs[name], device, settings)
         for p in tmodel.parameters():
             p.requires_grad_(False)
         teachers[name] = (tmodel, TapRecorder(tmodel, [t for t in taps[name] if not t.startswith("cache:")]))
     return teachers
 
 
-def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device) -> Run:
+def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device,
+          settings: RunSettings | None = None) -> Run:
     """Data, model, objective, online teachers, optimiser and schedule of one job.
 
     Raises:
         ValueError: empty data, a missing cache or teacher dir, nothing to train.
     """
     tcfg = spec.train
+    settings = settings or RunSettings()
     metric, mode = selection(spec)
     torch.manual_seed(seed)
     train_data = datasets.load_split(spec, inputs.store, inputs.split, tcfg.subset)
@@ -172,20 +185,20 @@ def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device)
     if inputs.init_dir is not None:
         model.load_state_dict(torch.load(Path(inputs.init_dir) / "model.pt", map_location=device, weights_only=True))
         log.info("initialised from %s", inputs.init_dir)
+    model = settings.prepare(model)
     summaries = {name: read_json(path) for name, path in inputs.teacher_summaries.items()}
     objective = Objective(spec.losses, summaries).to(device)
     recorder = TapRecorder(model, objective.student_taps())
-    teachers = load_online_teachers(spec, inputs, device)
+    teachers = load_online_teachers(spec, inputs, device, settings)
 
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in objective.parameters() if p.requires_grad]
     if tcfg.epochs > 0 and not params:
         raise ValueError(f"{spec.model}: nothing to train (no parameters); set train.epochs to 0 for a baseline")
     optimizer = build_optimizer(params, tcfg.optimizer) if params else None
     scheduler = build_scheduler(optimizer, tcfg.scheduler, tcfg.epochs) if optimizer else None
-    use_amp = tcfg.amp and device.type == "cuda"
     return Run(spec=spec, seed=seed, device=device, train_data=train_data, val_data=val_data, model=model,
                objective=objective, recorder=recorder, teachers=teachers, optimizer=optimizer, scheduler=scheduler,
-               scaler=torch.amp.GradScaler("cuda", enabled=use_amp), use_amp=use_amp, metric=metric, mode=mode)
+               scaler=grad_scaler(device, tcfg.precision), metric=metric, mode=mode, settings=settings)
 
 
 # ------------------------------------------------------------------------------------------ resume / checkpoint
@@ -243,7 +256,7 @@ def checkpoint(run: Run, state: TrainState, epoch: int, out_dir: Path) -> None:
 def train_epoch(run: Run, state: TrainState, epoch: int) -> dict:
     """One pass over a seeded permutation of the training slices; returns the epoch's training figures
     (learning rate, mean loss and mean of each term, seconds, slices per second)."""
-    tcfg, data, device = run.spec.train, run.train_data, run.device
+    tcfg, data = run.spec.train, run.train_data
     run.model.train()
     t0 = time.perf_counter()
     n, bs = len(data), tcfg.batch_size
@@ -253,8 +266,8 @@ def train_epoch(run: Run, state: TrainState, epoch: int) -> dict:
     sums: dict[str, float] = {}
     total_sum, seen = 0.0, 0
     for start in range(0, len(perm), bs):
-        batch = to_device(data.batch(perm[start : start + bs]), device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
+        batch = run.to_device(data.batch(perm[start : start + bs]))
+        with run.autocast():
             output = forward_model(run.model, batch)
             t_out = {}
             if run.teachers:
@@ -296,17 +309,18 @@ def pooled_dice(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> t
 @torch.no_grad()
 def validate(run: Run, epoch: int) -> dict:
     """Validation loss, and Dice (segmentation) or MSE (reconstruction), over the whole split."""
-    model, data, spec, device = run.model, run.val_data, run.spec, run.device
+    model, data, spec = run.model, run.val_data, run.spec
     model.eval()
     n_classes = spec.n_classes if spec.is_segmentation else 0
     counts = torch.zeros(max(n_classes, 1), 3, dtype=torch.float64)
     loss_sum, sq_err, n_pix, n, bs = 0.0, 0.0, 0, len(data), spec.train.batch_size
     term_sums: dict[str, float] = {}
     for start in range(0, n, bs):
-        batch = to_device(data.batch(torch.arange(start, min(start + bs, n))), device)
-        output = forward_model(model, batch)
-        t_out = {name: (rec, forward_model(t, batch)) for name, (t, rec) in run.teachers.items()}
-        loss, parts = run.objective(output, run.recorder, t_out, batch, epoch)
+        batch = run.to_device(data.batch(torch.arange(start, min(start + bs, n))))
+        with run.autocast():
+            output = forward_model(model, batch)
+            t_out = {name: (rec, forward_model(t, batch)) for name, (t, rec) in run.teachers.items()}
+            loss, parts = run.objective(output, run.recorder, t_out, batch, epoch)
         b = batch["image"].shape[0]
         loss_sum += float(loss) * b
         for key, value in parts.items():
@@ -381,7 +395,8 @@ def finish(run: Run, state: TrainState, inputs: TrainInputs, settings: RunSettin
         "kd_method": spec.kd_method, "arch": spec.arch,
         "params": count_parameters(run.model),
         "trainable_params": count_parameters(run.model, trainable_only=True),
-        "flops_per_slice": flops_per_slice(run.model, to_device(run.val_data.batch(torch.arange(1)), run.device)),
+        "flops_per_slice": flops_per_slice(run.model, run.to_device(run.val_data.batch(torch.arange(1)))),
+        "precision": spec.train.precision,
         "select_metric": run.metric,
         "best_epoch": state.best_epoch,
         "best_score": state.best,
@@ -414,7 +429,7 @@ def train(spec: ModelSpec, seed: int, inputs: TrainInputs, out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = build(spec, seed, inputs, settings.apply())
+    run = build(spec, seed, inputs, settings.apply(), settings)
     state = resume(run, out_dir)
     bar = tqdm(range(state.next_epoch, spec.train.epochs), desc=f"train {spec.model} seed{seed}", unit="epoch",
                disable=(not progress) if progress is not None else None, file=sys.stderr)

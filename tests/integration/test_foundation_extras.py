@@ -82,14 +82,19 @@ def test_lint_is_clean():
 
 
 def test_slurm_profile_plans_gpu_training(tmp_path):
+    """Through the site template and the workflow profile, network jobs ask for a GPU unless the config's device
+    is cpu; sizes come from the config."""
     wd = copy_repo(tmp_path / "repo")
-    proc = snakemake(["-n", "results/tables/all.csv", "--workflow-profile", "profiles/slurm"], wd, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout + proc.stderr
-    train_blocks = [b for b in out.split("rule ")[1:] if b.startswith("train:")]
-    assert train_blocks and all("gpu=1" in b and "slurm_partition=gpu" in b for b in train_blocks)
-    fetch_blocks = [b for b in out.split("rule ")[1:] if b.startswith("fetch:")]
-    assert fetch_blocks and "gpu=" not in fetch_blocks[0]
+    profiles = ["--profile", "profiles/site-slurm", "--workflow-profile", "profiles/slurm"]
+    for device, gpu in (("auto", "gpu=1"), ("cpu", "gpu=0")):
+        proc = snakemake(["-n", "results/tables/all.csv", *profiles, "--config", f"device={device}"], wd, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = proc.stdout + proc.stderr
+        train_blocks = [b for b in out.split("rule ")[1:] if b.startswith("train:")]
+        assert train_blocks and all(gpu in b and "runtime=720" in b for b in train_blocks), device
+        fetch_blocks = [b for b in out.split("rule ")[1:] if b.startswith("fetch:")]
+        assert fetch_blocks and "gpu=" not in fetch_blocks[0]
+        assert "slurm_account=your_account" in out
     # a dry run does not mark local rules; the Snakefile declares them
     local = (REPO / "Snakefile").read_text().split("localrules:")[1].split("rule all")[0]
     for rule in ("fetch", "tables", "track", "collect"):

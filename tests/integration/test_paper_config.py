@@ -209,11 +209,25 @@ def test_dry_run_plans_every_experiment(paper_repo, paper_cfg):
             assert f"results/{exp}/models/{model}/seed{seed}/model.pt" in proc.stdout, (exp, model)
     assert "--out data/acdc" in proc.stdout  # the gated datasets are verified by the fetch_source rule
 
+    from medkd.plan import count_jobs
+
+    assert dict(count_jobs(paper_cfg)) == jobs  # `medkd plan` counts what Snakemake plans
+
     slurm = snakemake(["-n", "results/tables/all.csv", "--configfile", "config/paper.yaml",
-                       "--workflow-profile", "profiles/slurm"], wd, timeout=300)
+                       "--profile", "profiles/site-slurm", "--workflow-profile", "profiles/slurm"], wd, timeout=300)
     assert slurm.returncode == 0, slurm.stderr[-4000:]
     assert planned_jobs(slurm.stdout) == jobs
-    assert "slurm_partition=gpu" in slurm.stdout
+    blocks = {}
+    for block in slurm.stdout.split("\nrule ")[1:]:
+        blocks.setdefault(block.split(":", 1)[0], []).append(block)
+    for rule in ("train", "cache", "infer", "robustness"):
+        assert all("gpu=1" in b for b in blocks[rule]), rule  # device auto: every network job asks for a GPU
+    assert all("gpu=" not in b for b in blocks["evaluate"] + blocks["convert"])
+    runtimes = {re.search(r"wildcards: exp=(\w+), model=(\w+)", b).groups(): int(re.search(r"runtime=(\d+)", b).group(1))
+                for b in blocks["train"]}
+    assert runtimes[("mtms_spleen", "t1")] == 900 and runtimes[("mtms_spleen", "s1")] == 180  # per model, per experiment
+    assert runtimes[("kdmri_calgary_sr", "teacher")] == 2880 and runtimes[("pcd_busi", "kd")] == 60
+    assert "slurm_account=your_account" in slurm.stdout
 
 
 def test_missing_gated_dataset_is_named(paper_repo):

@@ -12,12 +12,13 @@ rule cache:
     params:
         code=model_code("cache"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
-        device=CFG["device"],
-    threads: CFG["threads"]
+    threads: NET_THREADS
+    resources:
+        **job_resources("cache"),
     log:
         "results/logs/cache/{exp}/{model}/seed{seed}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd cache --teacher-dir {params.model_dir} --store {input.store} --split {input.split}"
-        " --out {output.cache} --device {params.device} --threads {threads} > {log} 2>&1"
+        " --out {output.cache} {RUN_FLAGS} --threads {threads} > {log} 2>&1"

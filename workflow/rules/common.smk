@@ -7,12 +7,77 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from functools import lru_cache  # noqa: E402
 
+from medkd import resources as _resources  # noqa: E402
 from medkd.codehash import code_hash  # noqa: E402
-from medkd.config import canonical_json, experiment_seeds, load_config, model_spec as _model_spec  # noqa: E402
+from medkd.config import (  # noqa: E402
+    canonical_json, config_digest, experiment_seeds, load_config, model_spec as _model_spec,
+)
 
 CFG = load_config(config)
 CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
 DATA_ROOT = CFG["data_root"]
+CONFIG_DIGEST = config_digest(CFG)
+
+# Run settings of the rules that run a network (medkd.runtime.RunSettings). They reach the command line through
+# this global, not through `params`, so changing them (CPU -> GPU, channels_last, ...) re-runs no job: Snakemake
+# tracks params values and the shell command's text, not the globals the command is formatted with. `threads`
+# is Snakemake's own `threads:` of those rules ({threads} in the command; --cpus-per-task on SLURM).
+RUN_FLAGS = " ".join(
+    [f"--device {CFG['device']}"]
+    + [flag for key, flag in (("channels_last", "--channels-last"), ("cudnn_benchmark", "--cudnn-benchmark"),
+                              ("deterministic", "--deterministic")) if CFG[key]]
+)
+NET_THREADS = CFG["threads"]
+
+
+def _check_job_config():
+    """A job Snakemake spawns elsewhere (SLURM) re-reads the config: it must be the client's. The client puts
+    its digest in the environment (sbatch --export=ALL carries it into the job); a job that computes another
+    one stops before running anything. Client and jobs log the digest so the two can be compared."""
+    import os
+
+    from snakemake.exceptions import WorkflowError
+    from snakemake.logging import logger
+
+    if workflow.remote_exec:
+        expected = os.environ.get("MEDKD_CONFIG_DIGEST")
+        if expected and expected != CONFIG_DIGEST:
+            raise WorkflowError(
+                f"medkd: this job sees config {CONFIG_DIGEST}, the Snakemake client that submitted it used {expected}: "
+                "the job was not given the client's config files (--configfiles)")
+        logger.info(f"medkd config {CONFIG_DIGEST} (job)")
+    else:
+        os.environ["MEDKD_CONFIG_DIGEST"] = CONFIG_DIGEST
+        if not workflow.local_exec:
+            logger.info(f"medkd config {CONFIG_DIGEST} (client, {len(CFG['experiments'])} experiments)")
+
+
+_check_job_config()
+
+
+NO_CONDA_MESSAGE = (
+    "medkd: --sdm conda (or --use-conda) was given, but there is no `conda` on PATH, so Snakemake cannot create "
+    "the rules' environments (envs/training.yaml, envs/tables.yaml). Either install conda (e.g. Miniforge) and run "
+    "again, or leave out --sdm conda and use the project's pinned virtualenv instead: `make reproduce` creates .venv "
+    "from requirements.lock and runs the whole workflow (or `make venv`, then .venv/bin/snakemake ...)."
+)
+
+
+def _require_conda():
+    """With conda deployment asked for, stop while the Snakefile is read (before any job, also for a dry run)
+    when conda is missing."""
+    import shutil
+
+    from snakemake.exceptions import WorkflowError
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    settings = workflow.deployment_settings
+    if settings is None or DeploymentMethod.CONDA not in settings.deployment_method or shutil.which("conda"):
+        return
+    raise WorkflowError(NO_CONDA_MESSAGE)
+
+
+_require_conda()
 
 
 EXPERIMENTS = list(CFG["experiments"])
@@ -24,6 +89,12 @@ for _name, _exp in CFG["experiments"].items():
 
 def exp_cfg(exp):
     return CFG["experiments"][exp]
+
+
+def exp_table_spec(exp):
+    """The experiment's entry as the table rules receive it: without `resources` (cluster sizes are run
+    settings; changing them re-runs nothing)."""
+    return {k: v for k, v in exp_cfg(exp).items() if k != "resources"}
 
 
 def exp_dataset(exp):
@@ -111,6 +182,32 @@ def train_extra_args(wildcards):
     if m.get("init_from"):
         args.append(f"--init-dir {model_dir(exp, m['init_from'], seed)}")
     return " ".join(args)
+
+
+def job_resources(rule):
+    """Snakemake resources of a rule's jobs, sized from the config (medkd.resources): runtime and mem_mb (the
+    experiment's or model's `resources` entry, else scaled from the dataset's slices), times the attempt, and
+    gpu for the rules that run a network unless the device is cpu."""
+
+    def fingerprint(wildcards, input):
+        if rule == "train":
+            return _resources.read_fingerprint(input.fingerprint, input.fingerprint)
+        if rule in ("cache", "infer", "evaluate", "robustness"):
+            return _resources.read_fingerprint(f"results/slices/{exp_dataset(wildcards.exp)}.json", input.store)
+        return None
+
+    def mem_mb(wildcards, input, attempt):
+        exp = wildcards.get("exp")
+        return _resources.mem_mb(CFG, rule, exp, wildcards.get("model"), attempt,
+                                 fingerprint(wildcards, input) if exp else None)
+
+    def runtime(wildcards, attempt):
+        return _resources.runtime(CFG, rule, wildcards.get("exp"), wildcards.get("model"), attempt)
+
+    out = {"mem_mb": mem_mb, "runtime": runtime}
+    if rule in _resources.NETWORK_RULES:
+        out["gpu"] = _resources.gpu(CFG, rule)
+    return out
 
 
 def kspace_spec(dataset, name):

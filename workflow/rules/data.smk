@@ -18,9 +18,9 @@ rule fetch:
     log:
         "results/logs/fetch/{dataset}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
-        "workflow/scripts/medkd fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} > {log} 2>&1"
+        "workflow/scripts/medkd fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 rule fetch_source:
@@ -37,9 +37,9 @@ rule fetch_source:
     log:
         "results/logs/fetch_source/{source}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
-        "workflow/scripts/medkd fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} > {log} 2>&1"
+        "workflow/scripts/medkd fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 localrules:
@@ -56,13 +56,15 @@ rule convert:
         code=lambda w: code_hash("convert", format=[CFG["datasets"][w.dataset]["convert"]["format"]]),
         spec=lambda w: canonical_json(CFG["datasets"][w.dataset]["convert"]),
         src=lambda w: raw_dir(w.dataset),
+    resources:
+        **job_resources("convert"),
     log:
         "results/logs/convert/{dataset}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd convert --dataset {wildcards.dataset} --convert-spec {params.spec:q} --src {params.src}"
-        " --out {output.store} --fingerprint {output.fingerprint} > {log} 2>&1"
+        " --out {output.store} --fingerprint {output.fingerprint} --threads {threads} > {log} 2>&1"
 
 
 rule split:
@@ -76,6 +78,6 @@ rule split:
     log:
         "results/logs/split/{exp}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
-        "workflow/scripts/medkd split --split-spec {params.spec:q} --fingerprint {input.fingerprint} --out {output.split} > {log} 2>&1"
+        "workflow/scripts/medkd split --split-spec {params.spec:q} --fingerprint {input.fingerprint} --out {output.split} --threads {threads} > {log} 2>&1"

@@ -11,15 +11,16 @@ rule infer:
     params:
         code=model_code("infer"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
-        device=CFG["device"],
-    threads: CFG["threads"]
+    threads: NET_THREADS
+    resources:
+        **job_resources("infer"),
     log:
         "results/logs/infer/{exp}/{model}/seed{seed}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd infer --model-dir {params.model_dir} --store {input.store} --split {input.split}"
-        " --out {output.predictions} --device {params.device} --threads {threads} > {log} 2>&1"
+        " --out {output.predictions} {RUN_FLAGS} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate:
@@ -35,15 +36,17 @@ rule evaluate:
         conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
         threshold=lambda w: exp_cfg(w.exp)["logit_threshold"],
         regions=lambda w: canonical_json(exp_cfg(w.exp).get("regions", {})),
+    resources:
+        **job_resources("evaluate"),
     log:
         "results/logs/evaluate/{exp}/{model}/seed{seed}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
         " --split {input.split} --conventions {params.conventions} --logit-threshold {params.threshold}"
         " --regions {params.regions:q}"
-        " --out {output.metrics} > {log} 2>&1"
+        " --out {output.metrics} --threads {threads} > {log} 2>&1"
 
 
 rule robustness:
@@ -57,13 +60,14 @@ rule robustness:
         code=model_code("robustness"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         spec=lambda w: canonical_json(exp_cfg(w.exp)["robustness"]),
-        device=CFG["device"],
-    threads: CFG["threads"]
+    threads: NET_THREADS
+    resources:
+        **job_resources("robustness"),
     log:
         "results/logs/robustness/{exp}/{model}/seed{seed}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd robustness --model-dir {params.model_dir} --store {input.store} --split {input.split}"
-        " --robustness-spec {params.spec:q} --out {output.scores} --device {params.device} --threads {threads}"
+        " --robustness-spec {params.spec:q} --out {output.scores} {RUN_FLAGS} --threads {threads}"
         " > {log} 2>&1"

@@ -12,10 +12,12 @@ rule undersample:
     params:
         code=code("undersample"),
         spec=lambda w: canonical_json(kspace_spec(w.dataset, w.mask)),
+    resources:
+        **job_resources("undersample"),
     log:
         "results/logs/undersample/{dataset}/{mask}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd undersample --mask-spec {params.spec:q} --store {input.store}"
-        " --out {output.kspace} > {log} 2>&1"
+        " --out {output.kspace} --threads {threads} > {log} 2>&1"

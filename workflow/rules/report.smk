@@ -15,7 +15,7 @@ rule tables:
         stats="results/tables/{exp}_stats.csv",
     params:
         code=code("tables"),
-        spec=lambda w: canonical_json(exp_cfg(w.exp)),
+        spec=lambda w: canonical_json(exp_table_spec(w.exp)),
         health=canonical_json(CFG["health"]),
         stats=canonical_json(CFG["stats"]),
         order=lambda w: " ".join(exp_cfg(w.exp)["models"]),
@@ -23,12 +23,12 @@ rule tables:
     log:
         "results/logs/tables/{exp}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd tables --experiment {wildcards.exp} --experiment-spec {params.spec:q} --metrics {input.metrics}"
         " --model-order {params.order} --model-dirs {params.model_dirs} --csv {output.csv} --md {output.md} --tex {output.tex}"
         " --png {output.png} --curves {output.curves} --stats {output.stats} --health-spec {params.health:q}"
-        " --stats-spec {params.stats:q} > {log} 2>&1"
+        " --stats-spec {params.stats:q} --threads {threads} > {log} 2>&1"
 
 
 rule paper_table:
@@ -39,15 +39,15 @@ rule paper_table:
         md="results/tables/paper_{group}.md",
     params:
         code=code("paper-table"),
-        spec=lambda w: canonical_json({e: exp_cfg(e) for e in GROUPS[w.group]}),
+        spec=lambda w: canonical_json({e: exp_table_spec(e) for e in GROUPS[w.group]}),
         order=lambda w: " ".join(f"{e}:{','.join(exp_cfg(e)['models'])}" for e in GROUPS[w.group]),
     log:
         "results/logs/paper_table/{group}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd paper-table --group {wildcards.group} --experiments-spec {params.spec:q}"
-        " --order {params.order} --tables {input.tables} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        " --order {params.order} --tables {input.tables} --csv {output.csv} --md {output.md} --threads {threads} > {log} 2>&1"
 
 
 rule collect:
@@ -64,10 +64,10 @@ rule collect:
     log:
         "results/logs/collect.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd collect --tables {input.tables} --robustness {input.robustness} --runs {input.runs}"
-        " --out {output.all} --health-md {output.health} > {log} 2>&1"
+        " --out {output.all} --health-md {output.health} --threads {threads} > {log} 2>&1"
 
 
 rule robustness_table:
@@ -83,7 +83,7 @@ rule robustness_table:
     log:
         "results/logs/robustness_table/{exp}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd robustness-table --experiment {wildcards.exp} --inputs {input.scores}"
-        " --csv {output.csv} --md {output.md} --png {output.png} > {log} 2>&1"
+        " --csv {output.csv} --md {output.md} --png {output.png} --threads {threads} > {log} 2>&1"

@@ -17,8 +17,8 @@ rule track:
     log:
         "results/logs/track.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd track --tracking-uri {params.uri} --prefix {params.prefix} --model-dirs {params.model_dirs}"
         " --metrics {input.metrics} --tables-dir results/tables --artifact-root results/mlflow/artifacts"
-        " --out {output.runs} > {log} 2>&1"
+        " --out {output.runs} --threads {threads} > {log} 2>&1"

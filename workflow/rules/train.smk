@@ -13,17 +13,16 @@ rule train:
         spec=spec_json,
         extra=train_extra_args,
         out=lambda w: model_dir(w.exp, w.model, w.seed),
-        device=CFG["device"],
-    threads: CFG["threads"]
+    threads: NET_THREADS
     resources:
-        gpu=lambda w: 1 if CFG["device"] != "cpu" else 0,
+        **job_resources("train"),
     log:
         "results/logs/train/{exp}/{model}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{exp}/{model}/seed{seed}.tsv"
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd train --spec {params.spec:q} --seed {wildcards.seed} --store {input.store}"
         " --split {input.split} --fingerprint {input.fingerprint} {params.extra} --out {params.out}"
-        " --device {params.device} --threads {threads} > {log} 2>&1"
+        " {RUN_FLAGS} --threads {threads} > {log} 2>&1"

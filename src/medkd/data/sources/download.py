@@ -19,8 +19,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
-from tqdm import tqdm
-
 from medkd import __version__
 from medkd.data.sources import SourceError
 
@@ -171,6 +169,8 @@ def _stream_to_part(
         else:
             raise DownloadError(f"download of {url} failed: unexpected HTTP status {status}")
         resumed = mode == "ab"
+
+        from tqdm import tqdm  # here, not at the top: the Snakefile imports this module with only Snakemake installed
 
         with open(part, mode) as fh, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
