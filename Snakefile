@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -37,6 +40,10 @@ localrules:
     robustness_table,
     track,
     collect,
+    panels,
+    report_pages,
+    paper_numbers,
+    overview,
 
 
 onstart:
@@ -51,7 +58,11 @@ onerror:
     stop_forkserver()
 
 
+# The default target: the tables and everything `make report` shows (results/report.html).
 rule all:
     input:
         "results/tables/all.csv",
+        "results/report/overview.html",
+        "results/report/paper_numbers.html",
+        expand("results/report/{exp}/paper.html", exp=EXPERIMENTS),
     default_target: True

@@ -223,6 +223,35 @@ def cmd_panels(args) -> None:
     print(f"{len(slices)} slices, {len(preds)} models -> {args.png}")
 
 
+def cmd_report_pages(args) -> None:
+    from medkd.reportpages import write_experiment_pages
+
+    exp = json.loads(args.experiment_spec)
+    exp["models"] = {m: exp["models"][m] for m in args.model_order}
+    write_experiment_pages(args.experiment, exp, args.table, args.stats, args.verdicts, args.model_dirs, args.metrics,
+                           args.out_dir, paper_csv=args.paper_table, robustness_csv=args.robustness,
+                           runs_json=args.runs)
+
+
+def cmd_paper_numbers(args) -> None:
+    from medkd.config import load_config
+    from medkd.reportpages import write_paper_numbers
+
+    run = json.loads(args.run_summary)
+    df = write_paper_numbers(run, load_config(args.paper_config), args.verdicts, args.not_reproduced, args.csv,
+                             args.html, paper_config_name=args.paper_config)
+    print(f"{len(df)} paper numbers -> {args.csv}")
+
+
+def cmd_overview(args) -> None:
+    from medkd.io import read_json
+    from medkd.reportpages import write_overview
+
+    fps = {Path(p).stem: read_json(p) for p in args.fingerprints}
+    write_overview(json.loads(args.run_summary), args.config_files, args.all, args.model_dirs, fps,
+                   args.paper_numbers, args.logs_dir, args.out)
+
+
 def cmd_collect(args) -> None:
     from medkd.report import collect
 
@@ -346,6 +375,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, required=True, help="the seed whose predictions are shown")
     sp.add_argument("--predictions", nargs="+", required=True, metavar="MODEL=FILE")
     sp.add_argument("--n-cases", type=int, default=2, help="first N test cases, one slice each")
+
+    sp = add("report-pages", cmd_report_pages, "HTML pages of one experiment for the Snakemake report")
+    for a in ("--experiment", "--experiment-spec", "--table", "--stats", "--verdicts", "--out-dir"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--model-order", nargs="+", required=True)
+    sp.add_argument("--model-dirs", nargs="+", required=True)
+    sp.add_argument("--metrics", nargs="+", required=True)
+    sp.add_argument("--paper-table", help="paper_<group>.csv of the experiment's group")
+    sp.add_argument("--robustness", help="<exp>_robustness.csv")
+    sp.add_argument("--runs", help="results/mlflow/runs.json (MLflow run ids)")
+
+    sp = add("paper-numbers", cmd_paper_numbers, "every paper number with its verdict (CSV + HTML)")
+    for a in ("--run-summary", "--paper-config", "--not-reproduced", "--csv", "--html"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--verdicts", nargs="*", default=[], help="<exp>_verdicts.csv of every experiment that ran")
+
+    sp = add("overview", cmd_overview, "the report's landing page")
+    for a in ("--run-summary", "--all", "--paper-numbers", "--logs-dir", "--out"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--config-files", nargs="*", default=[])
+    sp.add_argument("--model-dirs", nargs="+", required=True)
+    sp.add_argument("--fingerprints", nargs="*", default=[])
 
     sp = add("collect", cmd_collect, "all experiments' tables -> results/tables/all.csv")
     sp.add_argument("--tables", nargs="+", required=True)

@@ -228,18 +228,35 @@ def health_section(flags: list, bounds: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparisons_section(comparisons: pd.DataFrame) -> str:
-    """Teacher - student paired differences of an experiment as a Markdown table (empty if none)."""
+def teacher_student_frame(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Teacher - student paired differences, one row per (teacher, student), a column per main metric."""
     tvs = comparisons[comparisons["kind"] == "teacher_vs_student"] if len(comparisons) else comparisons
     if not len(tvs):
-        return ""
+        return pd.DataFrame()
     pairs = list(dict.fromkeys(zip(tvs["model"], tvs["compared_to"])))
     wide = pd.DataFrame({"comparison": [f"{t} - {st}" for t, st in pairs]})
     for (conv, cls, metric), grp in tvs.groupby(["convention", "class", "metric"], sort=False):
         col = f"{metric} {cls}" + ("" if conv == "engine" else f" [{conv}]")
         by = {(r["model"], r["compared_to"]): r for r in grp.to_dict("records")}
         wide[col] = [format_diff(by[k]["diff"], by[k]["ci_low"], by[k]["ci_high"], by[k]["p"], by[k]["p_holm"], metric,
-                                 by[k]["note"]) if k in by else "" for k in pairs]
+                                 by[k]["note"] if isinstance(by[k]["note"], str) else "") if k in by else ""
+                     for k in pairs]
+    return wide
+
+
+def teacher_student_note(comparisons: pd.DataFrame, experiment: str) -> str:
+    n_tests = int(comparisons["p"].notna().sum())
+    return (f"Paired differences teacher - student (same case, same seed): mean [95% bootstrap CI over cases], "
+            f"Wilcoxon signed-rank p on per-case means, p_holm = Holm-adjusted over the {n_tests} tests of this "
+            f"experiment (every comparison, class, metric; all in `{experiment}_stats.csv`).")
+
+
+def comparisons_section(comparisons: pd.DataFrame) -> str:
+    """Teacher - student paired differences of an experiment as a Markdown table (empty if none)."""
+    wide = teacher_student_frame(comparisons)
+    if not len(wide):
+        return ""
+    tvs = comparisons[comparisons["kind"] == "teacher_vs_student"]
     n_tests = int(comparisons["p"].notna().sum())
     return ("### Teacher vs student\n\n" + _md_table(wide) + "\n"
             f"- Paired differences teacher - student (same case, same seed): mean [95% bootstrap CI over cases], "
@@ -543,15 +560,30 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
     df = pd.DataFrame(rows)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
+    header, cells, note = paper_layout(df)
+    lines = [f"## {group}: paper table\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in cells]
+    lines.append(f"\n{note}\n")
+    with atomic_path(out_md) as tmp:
+        tmp.write_text("\n".join(lines))
+    return df
+
+
+def paper_layout(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows of unescaped cells, footnote) of a paper table frame (:func:`paper_table`'s CSV,
+    also after a CSV round trip): ours mean ± spread (paper's value), gains, verdict with our interval,
+    paired difference."""
     metric_names = [c for c in df.columns if c not in ("setting", "experiment", "model", "params", "convention", "class",
                                                        "spread")
                     and not c.endswith(("_sd", "_paper", "_gain_pct", "_gain_pct_paper", "_diff", "_ci_low", "_ci_high",
                                         "_p", "_p_holm", "_diff_convention", "_stats_note", "_ci_low_ours",
                                         "_ci_high_ours", "_verdict"))]
     header = ["setting", "model", "params"] + [f"{m} ours (paper)" for m in metric_names]
-    lines = [f"## {group}: paper table\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for r in df.to_dict("records"):
-        cells = [md_escape(r["setting"]), md_escape(r["model"]), f"{r['params']:,}" if r["params"] is not None else ""]
+        params = r.get("params")
+        cells = [str(r["setting"]), str(r["model"]),
+                 f"{int(params):,}" if params is not None and not (isinstance(params, float) and math.isnan(params)) else ""]
         for m in metric_names:
             cell = _cell(r.get(m, math.nan), r.get(f"{m}_sd", math.nan), r.get(f"{m}_paper", math.nan), m)
             gain, gain_p = r.get(f"{m}_gain_pct", math.nan), r.get(f"{m}_gain_pct_paper", math.nan)
@@ -566,19 +598,19 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
             diff = r.get(f"{m}_diff", math.nan)
             if isinstance(diff, float) and not math.isnan(diff):
                 c = r[f"{m}_diff_convention"]
+                note = r.get(f"{m}_stats_note", "")
+                note = "" if not isinstance(note, str) else note
                 cell += "; Δ " + format_diff(diff, r[f"{m}_ci_low"], r[f"{m}_ci_high"], r[f"{m}_p"], r[f"{m}_p_holm"], m,
-                                             r.get(f"{m}_stats_note", "")) + ("" if c == r["convention"] else f" ({c})")
-            cells.append(md_escape(cell))
-        lines.append("| " + " | ".join(cells) + " |")
+                                             note) + ("" if c == r["convention"] else f" ({c})")
+            cells.append(cell)
+        rows.append(cells)
     conv = ", ".join(sorted(set(df["convention"])))
     spread = ", ".join(sorted(set(df["spread"].dropna()))) if "spread" in df else "sd over seeds"
-    lines.append(f"\nConvention: {conv}. Cells: ours mean ± {spread} (paper's value); gains relative to "
-                 "the model each row is compared with (config `compare_to`), ours (paper's); Δ: paired difference to "
-                 "that model (same case and seed), [95% bootstrap CI resampling cases], Wilcoxon signed-rank p on "
-                 "per-case means and Holm-adjusted p_holm within the experiment; (engine) when the headline "
-                 "convention is not per case and the engine's per-case values were tested instead. Verdict after a "
-                 "paper value: is the paper's value within our 95% interval [low, high] (percentile bootstrap of "
-                 "the mean resampling test cases with all their seeds; seeds when there is one case)?\n")
-    with atomic_path(out_md) as tmp:
-        tmp.write_text("\n".join(lines))
-    return df
+    note = (f"Convention: {conv}. Cells: ours mean ± {spread} (paper's value); gains relative to "
+            "the model each row is compared with (config `compare_to`), ours (paper's); Δ: paired difference to "
+            "that model (same case and seed), [95% bootstrap CI resampling cases], Wilcoxon signed-rank p on "
+            "per-case means and Holm-adjusted p_holm within the experiment; (engine) when the headline "
+            "convention is not per case and the engine's per-case values were tested instead. Verdict after a "
+            "paper value: is the paper's value within our 95% interval [low, high] (percentile bootstrap of "
+            "the mean resampling test cases with all their seeds; seeds when there is one case)?")
+    return header, rows, note
