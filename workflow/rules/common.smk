@@ -1,5 +1,6 @@
 # Helpers shared by every stage file: the validated config, path builders, job parameters.
 import json
+import os
 import sys
 from pathlib import Path
 

@@ -196,7 +196,8 @@ rule overview:
     params:
         code=code("overview"),
         run=canonical_json(run_summary()),
-        configfiles=" ".join(str(f) for f in workflow.configfiles),
+        configfiles=" ".join(os.path.relpath(str(f)) for f in (getattr(workflow, "overwrite_configfiles", None)
+                                                                 or workflow.configfiles)),
         model_dirs=" ".join(model_dir(e, m, s) for e in EXPERIMENTS for m, s in all_runs(e)),
     log:
         "results/logs/overview.log",
