@@ -1,4 +1,4 @@
-# medkd: the three commands a user needs. Everything is built from a fresh clone.
+# medkd: the commands a user needs. Everything is built from a fresh clone.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,8 +9,10 @@ CONFIG ?= config/config.yaml
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
+# CONFIGFILE=path/to.yaml runs `make report` (and ui's store stays results/mlflow.db) on another config.
+SMK_CONFIG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE))
 
-.PHONY: venv reproduce test test-unit lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
+.PHONY: venv reproduce report test test-unit lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
 
 venv: $(STAMP)
 
@@ -31,6 +33,13 @@ reproduce: $(STAMP)
 	echo "Health:  $(CURDIR)/results/tables/health.md"; echo ""; \
 	cat results/tables/health.md
 
+# results/report.html: Snakemake's self-contained report of a finished run (the default target `all` first:
+# the tables, the qualitative panels and the report pages; a finished run only adds those).
+report: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) all $(SMK_CONFIG)
+	$(BIN)/snakemake --report results/report.html --report-stylesheet workflow/report/style.css $(SMK_CONFIG)
+	@echo ""; echo "Report: $(CURDIR)/results/report.html"
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -48,6 +57,7 @@ plan: $(STAMP)
 	workflow/scripts/medkd plan --config $(CONFIG)
 
 ui: $(STAMP)
+	@echo "MLflow: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (runs view of each experiment)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port 5000
 
 benchmark: $(STAMP)

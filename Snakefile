@@ -12,6 +12,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -41,6 +44,10 @@ localrules:
     robustness_table,
     track,
     collect,
+    panels,
+    report_pages,
+    paper_numbers,
+    overview,
 
 
 onstart:
@@ -55,7 +62,11 @@ onerror:
     stop_forkserver()
 
 
+# The default target: the tables and everything `make report` shows (results/report.html).
 rule all:
     input:
         "results/tables/all.csv",
+        "results/report/overview.html",
+        "results/report/paper_numbers.html",
+        expand("results/report/{exp}/paper.html", exp=EXPERIMENTS),
     default_target: True

@@ -232,7 +232,7 @@ def cmd_tables(args) -> None:
     exp["models"] = {m: exp["models"][m] for m in args.model_order}  # JSON params sort keys; restore config order
     write_experiment_outputs(args.experiment, exp, args.metrics, args.model_dirs,
                              {"csv": args.csv, "md": args.md, "tex": args.tex, "png": args.png, "curves": args.curves,
-                              "stats": args.stats},
+                              "stats": args.stats, "verdicts": args.verdicts},
                              health_cfg=json.loads(args.health_spec), stats_cfg=json.loads(args.stats_spec))
 
 
@@ -242,7 +242,8 @@ def cmd_paper_table(args) -> None:
     exps = json.loads(args.experiments_spec)
     ordered = {e: {**exps[e], "models": {m: exps[e]["models"][m] for m in order.split(",")}}
                for e, order in (x.split(":", 1) for x in args.order)}
-    paper_table(args.group, ordered, dict(zip(ordered, args.tables)), args.csv, args.md)
+    paper_table(args.group, ordered, dict(zip(ordered, args.tables)), args.csv, args.md,
+                verdicts=dict(zip(ordered, args.verdicts)) if args.verdicts else None)
 
 
 def cmd_track(args) -> None:
@@ -252,10 +253,50 @@ def cmd_track(args) -> None:
     for md, mc in zip(args.model_dirs, args.metrics):
         parts = Path(md).parts  # results/<exp>/models/<model>/seed<k>
         exp, model, seed = parts[-4], parts[-2], parts[-1]
-        runs.append({"key": f"{exp}/{model}/{seed}", "experiment": exp, "model_dir": md, "metrics_csv": mc,
-                     "table_md": str(Path(args.tables_dir) / f"{exp}.md")})
-    ids = sync_runs(runs, args.tracking_uri, args.prefix, args.artifact_root, args.out)
+        runs.append({"key": f"{exp}/{model}/{seed}", "experiment": exp, "model": model, "seed": int(seed[4:]),
+                     "model_dir": md, "metrics_csv": mc, "table_md": str(Path(args.tables_dir) / f"{exp}.md")})
+    ids = sync_runs(runs, args.tracking_uri, args.prefix, args.artifact_root, args.out,
+                    experiments=json.loads(args.experiments_json), log_models=not args.no_models)
     print(f"{len(ids)} runs mirrored in {args.tracking_uri}")
+
+
+def cmd_panels(args) -> None:
+    from medkd.panels import write_panels
+
+    exp = json.loads(args.experiment_spec)
+    preds = _pairs(args.predictions)
+    slices = write_panels(args.experiment, exp, preds, args.model_dir, args.store, args.split, args.png, args.seed,
+                          n_cases=args.n_cases)
+    print(f"{len(slices)} slices, {len(preds)} models -> {args.png}")
+
+
+def cmd_report_pages(args) -> None:
+    from medkd.reportpages import write_experiment_pages
+
+    exp = json.loads(args.experiment_spec)
+    exp["models"] = {m: exp["models"][m] for m in args.model_order}
+    write_experiment_pages(args.experiment, exp, args.table, args.stats, args.verdicts, args.model_dirs, args.metrics,
+                           args.out_dir, paper_csv=args.paper_table, robustness_csv=args.robustness,
+                           runs_json=args.runs)
+
+
+def cmd_paper_numbers(args) -> None:
+    from medkd.config import load_config
+    from medkd.reportpages import write_paper_numbers
+
+    run = json.loads(args.run_summary)
+    df = write_paper_numbers(run, load_config(args.paper_config), args.verdicts, args.not_reproduced, args.csv,
+                             args.html, paper_config_name=args.paper_config)
+    print(f"{len(df)} paper numbers -> {args.csv}")
+
+
+def cmd_overview(args) -> None:
+    from medkd.io import read_json
+    from medkd.reportpages import write_overview
+
+    fps = {Path(p).stem: read_json(p) for p in args.fingerprints}
+    write_overview(json.loads(args.run_summary), args.config_files, args.all, args.model_dirs, fps,
+                   args.paper_numbers, args.logs_dir, args.out)
 
 
 def cmd_collect(args) -> None:
@@ -369,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-dirs", nargs="+", required=True)
     sp.add_argument("--model-order", nargs="+", required=True, help="model names in config order")
     sp.add_argument("--stats", help="CSV of every paired comparison of the experiment (<exp>_stats.csv)")
+    sp.add_argument("--verdicts", help="CSV of the paper's numbers with our interval and verdict (<exp>_verdicts.csv)")
     sp.add_argument("--health-spec", default="{}", help="the config's health bounds as JSON (default: schema defaults)")
     sp.add_argument("--stats-spec", default="{}", help="the config's stats settings as JSON (default: schema defaults)")
 
@@ -377,12 +419,45 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(a, required=True)
     sp.add_argument("--order", nargs="+", required=True, help="exp:model1,model2,... in config order")
     sp.add_argument("--tables", nargs="+", required=True, help="the experiments' long tables, same order")
+    sp.add_argument("--verdicts", nargs="*", default=[], help="the experiments' <exp>_verdicts.csv, same order")
 
     sp = add("track", cmd_track, "mirror every run into MLflow (single writer)")
     for a in ("--out", "--tables-dir", "--artifact-root", "--tracking-uri", "--prefix"):
         sp.add_argument(a, required=True)
     sp.add_argument("--model-dirs", nargs="+", required=True)
     sp.add_argument("--metrics", nargs="+", required=True)
+    sp.add_argument("--experiments-json", default="{}",
+                    help='JSON {experiment: {"files": [figures, tables], "dataset", "store", "fingerprint", "description"}}')
+    sp.add_argument("--no-models", action="store_true", help="do not log the checkpoints as MLflow models")
+
+    sp = add("panels", cmd_panels, "qualitative panels of one experiment: input, truth, every model, on fixed test slices")
+    for a in ("--experiment", "--experiment-spec", "--model-dir", "--store", "--split", "--png"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--seed", type=int, required=True, help="the seed whose predictions are shown")
+    sp.add_argument("--predictions", nargs="+", required=True, metavar="MODEL=FILE")
+    sp.add_argument("--n-cases", type=int, default=2, help="first N test cases, one slice each")
+
+    sp = add("report-pages", cmd_report_pages, "HTML pages of one experiment for the Snakemake report")
+    for a in ("--experiment", "--experiment-spec", "--table", "--stats", "--verdicts", "--out-dir"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--model-order", nargs="+", required=True)
+    sp.add_argument("--model-dirs", nargs="+", required=True)
+    sp.add_argument("--metrics", nargs="+", required=True)
+    sp.add_argument("--paper-table", help="paper_<group>.csv of the experiment's group")
+    sp.add_argument("--robustness", help="<exp>_robustness.csv")
+    sp.add_argument("--runs", help="results/mlflow/runs.json (MLflow run ids)")
+
+    sp = add("paper-numbers", cmd_paper_numbers, "every paper number with its verdict (CSV + HTML)")
+    for a in ("--run-summary", "--paper-config", "--not-reproduced", "--csv", "--html"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--verdicts", nargs="*", default=[], help="<exp>_verdicts.csv of every experiment that ran")
+
+    sp = add("overview", cmd_overview, "the report's landing page")
+    for a in ("--run-summary", "--all", "--paper-numbers", "--logs-dir", "--out"):
+        sp.add_argument(a, required=True)
+    sp.add_argument("--config-files", nargs="*", default=[])
+    sp.add_argument("--model-dirs", nargs="+", required=True)
+    sp.add_argument("--fingerprints", nargs="*", default=[])
 
     sp = add("collect", cmd_collect, "all experiments' tables -> results/tables/all.csv")
     sp.add_argument("--tables", nargs="+", required=True)

@@ -228,18 +228,35 @@ def health_section(flags: list, bounds: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparisons_section(comparisons: pd.DataFrame) -> str:
-    """Teacher - student paired differences of an experiment as a Markdown table (empty if none)."""
+def teacher_student_frame(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Teacher - student paired differences, one row per (teacher, student), a column per main metric."""
     tvs = comparisons[comparisons["kind"] == "teacher_vs_student"] if len(comparisons) else comparisons
     if not len(tvs):
-        return ""
+        return pd.DataFrame()
     pairs = list(dict.fromkeys(zip(tvs["model"], tvs["compared_to"])))
     wide = pd.DataFrame({"comparison": [f"{t} - {st}" for t, st in pairs]})
     for (conv, cls, metric), grp in tvs.groupby(["convention", "class", "metric"], sort=False):
         col = f"{metric} {cls}" + ("" if conv == "engine" else f" [{conv}]")
         by = {(r["model"], r["compared_to"]): r for r in grp.to_dict("records")}
         wide[col] = [format_diff(by[k]["diff"], by[k]["ci_low"], by[k]["ci_high"], by[k]["p"], by[k]["p_holm"], metric,
-                                 by[k]["note"]) if k in by else "" for k in pairs]
+                                 by[k]["note"] if isinstance(by[k]["note"], str) else "") if k in by else ""
+                     for k in pairs]
+    return wide
+
+
+def teacher_student_note(comparisons: pd.DataFrame, experiment: str) -> str:
+    n_tests = int(comparisons["p"].notna().sum())
+    return (f"Paired differences teacher - student (same case, same seed): mean [95% bootstrap CI over cases], "
+            f"Wilcoxon signed-rank p on per-case means, p_holm = Holm-adjusted over the {n_tests} tests of this "
+            f"experiment (every comparison, class, metric; all in `{experiment}_stats.csv`).")
+
+
+def comparisons_section(comparisons: pd.DataFrame) -> str:
+    """Teacher - student paired differences of an experiment as a Markdown table (empty if none)."""
+    wide = teacher_student_frame(comparisons)
+    if not len(wide):
+        return ""
+    tvs = comparisons[comparisons["kind"] == "teacher_vs_student"]
     n_tests = int(comparisons["p"].notna().sum())
     return ("### Teacher vs student\n\n" + _md_table(wide) + "\n"
             f"- Paired differences teacher - student (same case, same seed): mean [95% bootstrap CI over cases], "
@@ -267,8 +284,10 @@ def table_notes(exp_cfg: dict, task: str) -> list[str]:
 
 
 def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path], title: str,
-                    out_png: str | Path, out_curves: str | Path) -> None:
-    """Bar chart of the first main metric per model and class; validation curves per model and seed."""
+                    out_png: str | Path, out_curves: str | Path, metrics: pd.DataFrame | None = None) -> None:
+    """Bar chart of the first main metric per model and class (mean over seeds, error bar one sd over seeds,
+    a black point per seed: that seed's mean over test cases, from ``metrics``); validation curves per
+    model and seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,12 +301,22 @@ def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path]
     width = 0.8 / max(1, len(classes))
     for i, cls in enumerate(classes):
         grp = sel[sel["class"] == cls].set_index("model").reindex(models)
-        ax.bar(np.arange(len(models)) + i * width, grp["mean"], width, yerr=grp["sd"].fillna(0), label=cls, capsize=3)
+        x = np.arange(len(models)) + i * width
+        ax.bar(x, grp["mean"], width, yerr=grp["sd"].fillna(0), label=cls, capsize=3)
+        if metrics is not None:
+            per = metrics[(metrics["metric"] == metric) & (metrics["convention"] == "engine")
+                          & (metrics["class"] == cls)].groupby(["model", "seed"], sort=True)["value"].mean()
+            for j, m in enumerate(models):
+                if m in per.index.get_level_values(0):
+                    ys = per.loc[m].to_numpy()
+                    offs = np.linspace(-width / 4, width / 4, len(ys)) if len(ys) > 1 else np.zeros(1)
+                    ax.scatter(x[j] + offs, ys, s=10, color="black", zorder=3,
+                               label="seed (mean over cases)" if (i == 0 and j == 0) else None)
     ax.set_xticks(np.arange(len(models)) + width * (len(classes) - 1) / 2, models, rotation=20, ha="right")
     ax.set_ylabel(metric)
     ax.set_title(title)
-    if len(classes) > 1:
-        ax.legend(fontsize="small")
+    if len(classes) > 1 or metrics is not None:
+        ax.legend(fontsize="x-small")
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -310,6 +339,85 @@ def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path]
     plt.close(fig)
 
 
+VERDICT_COLUMNS = ["experiment", "model", "class", "metric", "convention", "paper_value", "source", "ours", "sd",
+                   "n_cases", "n_seeds", "ci_low", "ci_high", "ci_method", "verdict"]
+
+
+def value_ci(values: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 9999,
+             seed: int = 0) -> tuple[float, float, str]:
+    """Percentile bootstrap interval of the mean of ``values`` (columns case, seed, value; NaN dropped).
+
+    Resamples test cases with replacement, each keeping all its seeds (:func:`medkd.stats.case_bootstrap`,
+    the clusters of the paired statistics); with a single case (or a pooled convention, case ``ALL``)
+    it resamples seeds; with one case and one seed there is no interval. Returns (low, high, method)."""
+    v = values[np.isfinite(values["value"].astype(float))]
+    level = f"{confidence:.0%}"
+    for unit, col in (("test cases (each with all its seeds)", "case"), ("seeds", "seed")):
+        if v[col].nunique() >= 2:
+            if v["value"].nunique() == 1:
+                x = float(v["value"].iloc[0])
+                return x, x, f"{level} bootstrap over {unit}: all values equal"
+            res = _stats.case_bootstrap(v[col].astype(str), v["value"].astype(float), confidence, n_resamples, seed)
+            return (float(res.confidence_interval.low), float(res.confidence_interval.high),
+                    f"{level} percentile bootstrap of the mean, resampling {unit}, {n_resamples} resamples")
+    return math.nan, math.nan, f"no interval: {v['case'].nunique()} case(s) x {v['seed'].nunique()} seed(s)"
+
+
+def verdict(paper: float, low: float, high: float) -> str:
+    """``within CI`` / ``outside CI`` of our interval, or ``no CI (...)`` when there is none."""
+    if math.isnan(low) or math.isnan(high):
+        return "no CI (fewer than 2 cases and 2 seeds)"
+    return "within CI" if low <= paper <= high else "outside CI"
+
+
+def paper_verdicts(exp_name: str, exp_cfg: dict, metrics: pd.DataFrame, table: pd.DataFrame,
+                   stats_cfg: dict | None = None) -> pd.DataFrame:
+    """One row per ``reference`` entry of the experiment: the paper's value, ours (the table's mean ± sd
+    over seeds), our interval (:func:`value_ci` on the per-case values of every seed) and the verdict."""
+    scfg = {**_stats.STATS_DEFAULTS, **(stats_cfg or {})}
+    rows = []
+    for ref in exp_cfg.get("reference", []):
+        model, metric = ref["model"], ref["metric"]
+        conv = ref.get("convention", "engine")
+        cls = ref.get("class") or next(iter(table.loc[(table["model"] == model) & (table["metric"] == metric)
+                                                      & (table["convention"] == conv), "class"]), "-")
+        sel = metrics[(metrics["model"] == model) & (metrics["metric"] == metric) & (metrics["convention"] == conv)
+                      & (metrics["class"].astype(str) == str(cls))]
+        trow = table[(table["model"] == model) & (table["metric"] == metric) & (table["convention"] == conv)
+                     & (table["class"].astype(str) == str(cls))]
+        base = {"experiment": exp_name, "model": model, "class": cls, "metric": metric, "convention": conv,
+                "paper_value": float(ref["value"]), "source": ref.get("source", "")}
+        if sel.empty or trow.empty:
+            rows.append({**base, "ours": math.nan, "sd": math.nan, "n_cases": 0, "n_seeds": 0, "ci_low": math.nan,
+                         "ci_high": math.nan, "ci_method": "", "verdict": "no value here (not scored in this run)"})
+            continue
+        low, high, method = value_ci(sel[["case", "seed", "value"]], scfg["confidence"], scfg["n_resamples"],
+                                     scfg["seed"])
+        t = trow.iloc[0]
+        rows.append({**base, "ours": float(t["mean"]), "sd": float(t["sd"]), "n_cases": int(t["n_cases"]),
+                     "n_seeds": int(t["n_seeds"]), "ci_low": low, "ci_high": high, "ci_method": method,
+                     "verdict": verdict(float(ref["value"]), low, high)})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def verdicts_section(verdicts: pd.DataFrame) -> str:
+    """The "Paper numbers" list of an experiment's Markdown table (empty without ``reference``)."""
+    if not len(verdicts):
+        return ""
+    lines = ["### Paper numbers", "", "| model | class | metric | convention | paper | ours | 95% CI (ours) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in verdicts.to_dict("records"):
+        digits = 2 if r["metric"] in ("hd95", "psnr") else 3
+        ci = f"[{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]" if not math.isnan(r["ci_low"]) else "n/a"
+        lines.append("| " + " | ".join(md_escape(x) for x in (
+            r["model"], r["class"], r["metric"], r["convention"], f"{r['paper_value']:.{digits}f}",
+            _cell(r["ours"], r["sd"], math.nan, r["metric"]), ci, r["verdict"])) + " |")
+    methods = sorted({m for m in verdicts["ci_method"] if m})
+    lines += ["", "- Interval: " + md_escape("; ".join(methods) or "none") + ". Verdict: the paper's value inside or "
+              "outside our interval."]
+    return "\n".join(lines) + "\n"
+
+
 def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_dirs, out: dict,
                              health_cfg: dict | None = None, stats_cfg: dict | None = None) -> pd.DataFrame:
     """All outputs of the tables stage for one experiment. ``out`` maps csv/md/tex/png/curves (and
@@ -325,14 +433,19 @@ def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_di
     if out.get("stats"):
         with atomic_path(out["stats"]) as tmp:
             comparisons.to_csv(tmp, index=False)
+    verdicts = paper_verdicts(exp_name, exp_cfg, metrics, table, stats_cfg)
+    if out.get("verdicts"):
+        with atomic_path(out["verdicts"]) as tmp:
+            verdicts.to_csv(tmp, index=False)
     wide = wide_table(table, exp_cfg["task"])
     title = f"{exp_name} ({exp_cfg['dataset']}, {exp_cfg['task']})"
-    sections = [s for s in (health_section(flags, health_cfg), comparisons_section(comparisons)) if s]
+    sections = [s for s in (health_section(flags, health_cfg), comparisons_section(comparisons),
+                            verdicts_section(verdicts)) if s]
     with atomic_path(out["md"]) as tmp:
         tmp.write_text(to_markdown(wide, title, table_notes(exp_cfg, exp_cfg["task"]), sections))
     with atomic_path(out["tex"]) as tmp:
         tmp.write_text(to_latex(wide, title))
-    plot_experiment(table, exp_cfg["task"], model_dirs, title, out["png"], out["curves"])
+    plot_experiment(table, exp_cfg["task"], model_dirs, title, out["png"], out["curves"], metrics)
     return table
 
 
@@ -394,13 +507,17 @@ def _gain(value: float, base: float) -> float:
 
 
 def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | Path],
-                out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
+                out_csv: str | Path, out_md: str | Path, verdicts: dict[str, str | Path] | None = None) -> pd.DataFrame:
     """The paper's layout for a group of experiments: one row per (setting, model), the headline metrics
     with ours (mean ± sd over seeds), the paper's value and, for models with ``compare_to``, the relative
-    gain in percent over that model (ours and the paper's)."""
+    gain in percent over that model (ours and the paper's). ``verdicts`` (experiment -> its
+    ``<exp>_verdicts.csv``, :func:`paper_verdicts`) add our interval and the verdict to every cell with a
+    paper value (``<metric>_ci_low_ours``, ``<metric>_ci_high_ours``, ``<metric>_verdict``)."""
     rows = []
     for exp, cfg in exp_cfgs.items():
         t = pd.read_csv(tables[exp])
+        v = pd.read_csv(verdicts[exp]) if verdicts and exp in verdicts else pd.DataFrame(columns=VERDICT_COLUMNS)
+        v_by = {(r["model"], str(r["class"]), r["metric"], r["convention"]): r for r in v.to_dict("records")}
         head = cfg.get("headline", {})
         conv = head.get("convention", "engine")
         two_sd_cases = head.get("spread", "seeds") == "cases_2sd"
@@ -422,6 +539,10 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
                 row[f"{m}_sd"] = 2 * r["case_sd"] if two_sd_cases else r["sd"]
                 row["spread"] = "2 sd over cases" if two_sd_cases else "sd over seeds"
                 row[f"{m}_paper"] = r["paper_value"]
+                vr = v_by.get((model, str(cls), m, conv))
+                if vr is not None:
+                    row.update({f"{m}_ci_low_ours": vr["ci_low"], f"{m}_ci_high_ours": vr["ci_high"],
+                                f"{m}_verdict": vr["verdict"]})
                 ref = mcfg.get("compare_to")
                 if ref and (ref, m) in sel.index:
                     row[f"{m}_gain_pct"] = _gain(r["mean"], sel.loc[(ref, m)]["mean"])
@@ -439,33 +560,57 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
     df = pd.DataFrame(rows)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
+    header, cells, note = paper_layout(df)
+    lines = [f"## {group}: paper table\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in cells]
+    lines.append(f"\n{note}\n")
+    with atomic_path(out_md) as tmp:
+        tmp.write_text("\n".join(lines))
+    return df
+
+
+def paper_layout(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows of unescaped cells, footnote) of a paper table frame (:func:`paper_table`'s CSV,
+    also after a CSV round trip): ours mean ± spread (paper's value), gains, verdict with our interval,
+    paired difference."""
     metric_names = [c for c in df.columns if c not in ("setting", "experiment", "model", "params", "convention", "class",
                                                        "spread")
                     and not c.endswith(("_sd", "_paper", "_gain_pct", "_gain_pct_paper", "_diff", "_ci_low", "_ci_high",
-                                        "_p", "_p_holm", "_diff_convention", "_stats_note"))]
+                                        "_p", "_p_holm", "_diff_convention", "_stats_note", "_ci_low_ours",
+                                        "_ci_high_ours", "_verdict"))]
     header = ["setting", "model", "params"] + [f"{m} ours (paper)" for m in metric_names]
-    lines = [f"## {group}: paper table\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for r in df.to_dict("records"):
-        cells = [md_escape(r["setting"]), md_escape(r["model"]), f"{r['params']:,}" if r["params"] is not None else ""]
+        params = r.get("params")
+        cells = [str(r["setting"]), str(r["model"]),
+                 f"{int(params):,}" if params is not None and not (isinstance(params, float) and math.isnan(params)) else ""]
         for m in metric_names:
             cell = _cell(r.get(m, math.nan), r.get(f"{m}_sd", math.nan), r.get(f"{m}_paper", math.nan), m)
             gain, gain_p = r.get(f"{m}_gain_pct", math.nan), r.get(f"{m}_gain_pct_paper", math.nan)
             if isinstance(gain, float) and not math.isnan(gain):
                 cell += f", {gain:+.1f}%" + (f" ({gain_p:+.1f}%)" if not math.isnan(gain_p) else "")
+            ver = r.get(f"{m}_verdict")
+            if isinstance(ver, str) and ver:
+                lo, hi = r.get(f"{m}_ci_low_ours", math.nan), r.get(f"{m}_ci_high_ours", math.nan)
+                d = 2 if m in ("hd95", "psnr") else 3
+                cell += (f" {ver} [{lo:.{d}f}, {hi:.{d}f}]" if isinstance(lo, float) and not math.isnan(lo)
+                         else f" {ver}")
             diff = r.get(f"{m}_diff", math.nan)
             if isinstance(diff, float) and not math.isnan(diff):
                 c = r[f"{m}_diff_convention"]
+                note = r.get(f"{m}_stats_note", "")
+                note = "" if not isinstance(note, str) else note
                 cell += "; Δ " + format_diff(diff, r[f"{m}_ci_low"], r[f"{m}_ci_high"], r[f"{m}_p"], r[f"{m}_p_holm"], m,
-                                             r.get(f"{m}_stats_note", "")) + ("" if c == r["convention"] else f" ({c})")
-            cells.append(md_escape(cell))
-        lines.append("| " + " | ".join(cells) + " |")
+                                             note) + ("" if c == r["convention"] else f" ({c})")
+            cells.append(cell)
+        rows.append(cells)
     conv = ", ".join(sorted(set(df["convention"])))
     spread = ", ".join(sorted(set(df["spread"].dropna()))) if "spread" in df else "sd over seeds"
-    lines.append(f"\nConvention: {conv}. Cells: ours mean ± {spread} (paper's value); gains relative to "
-                 "the model each row is compared with (config `compare_to`), ours (paper's); Δ: paired difference to "
-                 "that model (same case and seed), [95% bootstrap CI resampling cases], Wilcoxon signed-rank p on "
-                 "per-case means and Holm-adjusted p_holm within the experiment; (engine) when the headline "
-                 "convention is not per case and the engine's per-case values were tested instead.\n")
-    with atomic_path(out_md) as tmp:
-        tmp.write_text("\n".join(lines))
-    return df
+    note = (f"Convention: {conv}. Cells: ours mean ± {spread} (paper's value); gains relative to "
+            "the model each row is compared with (config `compare_to`), ours (paper's); Δ: paired difference to "
+            "that model (same case and seed), [95% bootstrap CI resampling cases], Wilcoxon signed-rank p on "
+            "per-case means and Holm-adjusted p_holm within the experiment; (engine) when the headline "
+            "convention is not per case and the engine's per-case values were tested instead. Verdict after a "
+            "paper value: is the paper's value within our 95% interval [low, high] (percentile bootstrap of "
+            "the mean resampling test cases with all their seeds; seeds when there is one case)?")
+    return header, rows, note

@@ -1,29 +1,54 @@
 """Replay finished runs into MLflow: files are the source of truth, MLflow mirrors them.
 
 Jobs never talk to MLflow; the ``track`` stage is the only writer, so parallel or cluster jobs never
-fight over one SQLite database (and the database is created once, by this single process). Each
-(experiment, model, seed) becomes one MLflow run in the MLflow experiment ``<prefix>/<experiment>``:
+fight over one SQLite database (and the database is created once, by this single process).
 
-* params: the flattened spec (``train.optimizer.lr`` ...; lists as JSON) and the seed;
-* metrics: per-epoch ``train_loss``, ``lr`` and validation metrics with ``step = epoch``; final test
-  metrics (mean over cases) as ``test.<convention>.<class>.<metric>``;
-* tags: ``medkd.run_key`` (``exp/model/seedK``), git commit, spec (config) hash, data hash, role, KD method;
-* artifacts: config.json, summary.json, env.json, epochs.jsonl, the metrics CSV and the experiment table.
+Layout, in the MLflow experiment ``<prefix>/<experiment>`` (experiment tag ``mlflow.experimentKind =
+custom_model_development``, so MLflow 3's UI opens it on the runs view of a model-training experiment):
 
-A run is re-logged only when its files changed (tag ``medkd.content_hash``); the previous run of the
-same key is deleted, so the store always mirrors the current files. Returns/writes {run_key: run_id}.
+* a **parent run** per (experiment, model), named ``<exp>/<model>``: the test metrics as the mean over
+  seeds (``test.<convention>.<class>.<metric>``, the per-seed value being the mean over test cases, as
+  in the tables), their sample sd over seeds (``sd.test....``) and ``n_seeds``; start = the earliest
+  child's start, end = the latest child's end; artifacts: the experiment's figures (bar chart, validation
+  curves, qualitative panels, robustness curves), its table (``<exp>.md``/``.csv``) and paper verdicts;
+* a **child run** per seed (tag ``mlflow.parentRunId``), named ``<exp>/<model>/seed<k>``: params (the
+  flattened resolved spec and the seed), per-epoch ``train_loss``, ``lr``, validation metrics and every
+  loss term of the objective (``loss.<index>.<loss>``, e.g. ``loss.1.kl_div``), each with ``step =
+  epoch`` and the wall-clock timestamp the training job recorded (``time`` in ``epochs.jsonl``); the
+  test metrics (mean over cases) and ``params``; start and end times from ``summary.json``
+  (``started_at``, ``ended_at``); artifacts: config.json (the resolved config), summary.json, env.json,
+  epochs.jsonl, the metrics CSV, the experiment table, and the model logged with
+  :func:`mlflow.pytorch.log_model` (name ``model``: ``mlflow.pytorch.load_model(f"runs:/{id}/model")``
+  returns the network with the best weights, ``model.pt``);
+* on both: MLflow's source tags (``mlflow.source.git.commit`` = the commit the training job recorded in
+  env.json, ``mlflow.source.name`` = ``Snakefile``, ``mlflow.source.type`` = ``LOCAL``), ``medkd.*``
+  provenance tags (run key, spec hash, data hash, role, KD method) and the slice store registered as the
+  run's input dataset (context ``training``, digest = the store's MD5, the data hash of the tables).
+
+A (experiment, model) is re-logged only when its files changed (tag ``medkd.content_hash``, over every
+seed's files, the figures and the tables); its previous parent and children are deleted, so the store
+always mirrors the current files. Writes {run key: run id} for children (``<exp>/<model>/seed<k>``) and
+parents (``<exp>/<model>``).
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medkd.io import read_json, read_jsonl, write_json
+
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's ExperimentKind for model training
+SOURCE_NAME = "Snakefile"
+EPOCH_KEYS = ("train_loss", "lr", "val_loss", "val_dice", "val_mse", "slices_per_second", "train_seconds")
+TRACKING_VERSION = "2"  # part of the content hash: a new layout re-logs every run once
 
 
 def _flatten(obj, prefix: str = "") -> dict:
@@ -39,78 +64,223 @@ def _flatten(obj, prefix: str = "") -> dict:
 
 
 def _content_hash(paths: list[Path]) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(TRACKING_VERSION.encode())
     for p in paths:
         h.update(p.name.encode())
         h.update(p.read_bytes() if p.exists() else b"")
     return h.hexdigest()[:16]
 
 
+def _ms(seconds: float | None) -> int | None:
+    return int(round(seconds * 1000)) if seconds is not None else None
+
+
+def term_metric(part: str) -> str:
+    """``"1:kl_div"`` (the objective's part name) -> ``"loss.1.kl_div"``."""
+    index, _, name = part.partition(":")
+    return f"loss.{index}.{name}"
+
+
+def test_metrics(metrics_csv: str | Path) -> dict[str, float]:
+    """``test.<convention>.<class>.<metric>`` -> mean over cases (NaN cases excluded) of one seed."""
+    df = pd.read_csv(metrics_csv)
+    out = {}
+    for (conv, cls, metric), grp in df.groupby(["convention", "class", "metric"]):
+        value = float(grp["value"].mean())
+        if not math.isnan(value):
+            out[f"test.{conv}.{cls}.{metric}".replace("-", "all")] = value
+    return out
+
+
 def sync_runs(runs: list[dict], tracking_uri: str, prefix: str, artifact_root: str | Path,
-              out_json: str | Path) -> dict:
-    """Mirror ``runs`` into MLflow. Each run dict: key, experiment, model_dir, metrics_csv, table_md."""
+              out_json: str | Path, experiments: dict | None = None, log_models: bool = True) -> dict:
+    """Mirror ``runs`` into MLflow. Each run dict: key (``exp/model/seedK``), experiment, model, seed,
+    model_dir, metrics_csv, table_md. ``experiments``: experiment -> {"files": experiment-level
+    artifacts (figures, tables), "dataset": name, "store": slice store path, "fingerprint": its JSON,
+    "description": text}."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     artifact_root = Path(artifact_root).resolve()
-    run_ids = {}
+    experiments = experiments or {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
-        model_dir = Path(run["model_dir"])
-        files = [model_dir / n for n in ("config.json", "summary.json", "env.json", "epochs.jsonl")]
-        files += [Path(run["metrics_csv"]), Path(run["table_md"])]
+        groups.setdefault((run["experiment"], run["model"]), []).append(run)
+    run_ids = {}
+    for (exp, model), members in groups.items():
+        info = experiments.get(exp, {})
+        exp_id = _experiment(client, f"{prefix}/{exp}", artifact_root / exp, info.get("description", ""))
+        files = []
+        for run in members:
+            files += _run_files(run)
+        files += [Path(f) for f in info.get("files", [])]
+        if info.get("fingerprint"):
+            files.append(Path(info["fingerprint"]))
         content = _content_hash(files)
-        exp_name = f"{prefix}/{run['experiment']}"
-        exp = client.get_experiment_by_name(exp_name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            exp_name, artifact_location=(artifact_root / run["experiment"]).as_uri())
-        existing = client.search_runs([exp_id], filter_string=f"tags.`medkd.run_key` = '{run['key']}'")
-        kept = [r for r in existing if r.data.tags.get("medkd.content_hash") == content]
+        group_key = f"{exp}/{model}"
+        existing = client.search_runs([exp_id], filter_string=f"tags.`medkd.group_key` = '{group_key}'")
+        kept = [r for r in existing if r.data.tags.get("medkd.content_hash") == content
+                and r.data.tags.get("medkd.kind") == "parent"]
         if kept:
-            run_ids[run["key"]] = kept[0].info.run_id
+            run_ids[group_key] = kept[0].info.run_id
+            for r in existing:
+                if r.data.tags.get("mlflow.parentRunId") == kept[0].info.run_id:
+                    run_ids[r.data.tags["medkd.run_key"]] = r.info.run_id
             continue
-        for r in existing:
+        keys = [r["key"] for r in members]
+        legacy = []
+        for key in keys:  # runs of an earlier layout (one flat run per seed) of the same keys
+            legacy += client.search_runs([exp_id], filter_string=f"tags.`medkd.run_key` = '{key}'")
+        for r in {r.info.run_id: r for r in existing + legacy}.values():
             client.delete_run(r.info.run_id)
-        run_ids[run["key"]] = _log_run(client, exp_id, run, model_dir, files, content)
+        run_ids.update(_log_group(client, exp_id, group_key, members, info, content, log_models))
     write_json(out_json, run_ids)
     return run_ids
 
 
-def _log_run(client, exp_id: str, run: dict, model_dir: Path, files: list[Path], content: str) -> str:
-    from mlflow.entities import Metric, Param, RunTag
+def _experiment(client, name: str, artifact_location: Path, description: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location.as_uri())
+    tags = exp.tags if exp else {}
+    if tags.get("mlflow.experimentKind") != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp_id, "mlflow.experimentKind", EXPERIMENT_KIND)
+    if description and tags.get("mlflow.note.content") != description:
+        client.set_experiment_tag(exp_id, "mlflow.note.content", description)
+    return exp_id
 
-    cfg = read_json(model_dir / "config.json")
-    summary = read_json(model_dir / "summary.json")
-    env = read_json(model_dir / "env.json")
-    spec = cfg["spec"]
-    tags = {
-        "medkd.run_key": run["key"], "medkd.content_hash": content, "mlflow.runName": run["key"],
-        "git_commit": str(env["git"]["commit"]), "git_dirty": str(env["git"]["dirty"]),
-        "spec_hash": summary["spec_hash"], "data_hash": str(summary["data_hash"]),
-        "role": summary["role"], "kd_method": summary["kd_method"], "dataset": spec["dataset"],
-    }
-    mlrun = client.create_run(exp_id, tags=tags)
-    rid = mlrun.info.run_id
-    params = {k: str(v)[:6000] for k, v in _flatten(spec).items()}
-    params["seed"] = str(cfg["seed"])
+
+def _run_files(run: dict) -> list[Path]:
+    d = Path(run["model_dir"])
+    files = [d / n for n in ("config.json", "summary.json", "env.json", "epochs.jsonl", "model.pt")]
+    return files + [Path(run["metrics_csv"]), Path(run["table_md"])]
+
+
+def _source_tags(env: dict) -> dict:
+    return {"mlflow.source.git.commit": str(env["git"]["commit"]), "mlflow.source.name": SOURCE_NAME,
+            "mlflow.source.type": "LOCAL", "mlflow.user": _user(),
+            "git_commit": str(env["git"]["commit"]), "git_dirty": str(env["git"]["dirty"])}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in a container without passwd entry
+        return os.environ.get("USER", "medkd")
+
+
+def _dataset_input(info: dict, data_hash: str):
+    """The slice store as an MLflow dataset input (context ``training``), or None without a store."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    if not info.get("store"):
+        return None
+    fp = read_json(info["fingerprint"]) if info.get("fingerprint") and Path(info["fingerprint"]).exists() else {}
+    profile = {k: fp[k] for k in ("n_cases", "n_slices") if k in fp}
+    ds = Dataset(name=info.get("dataset", Path(info["store"]).stem), digest=str(data_hash or fp.get("md5", ""))[:36],
+                 source_type="local", source=json.dumps({"uri": str(Path(info["store"]).resolve())}),
+                 profile=json.dumps(profile))
+    return DatasetInput(dataset=ds, tags=[InputTag(key="mlflow.data.context", value="training")])
+
+
+def _log_batch(client, rid: str, metrics: list, params: list | None = None) -> None:
+    params = params or []
+    for i in range(0, max(len(params), len(metrics)), 100):
+        client.log_batch(rid, metrics=metrics[i : i + 100], params=params[i : i + 100])
+
+
+def _log_group(client, exp_id: str, group_key: str, members: list[dict], info: dict, content: str,
+               log_models: bool) -> dict:
+    from mlflow.entities import Metric, Param
+
+    loaded = []
+    for run in sorted(members, key=lambda r: int(r["seed"])):
+        d = Path(run["model_dir"])
+        loaded.append((run, read_json(d / "config.json"), read_json(d / "summary.json"), read_json(d / "env.json")))
+    first_cfg, first_summary, first_env = loaded[0][1], loaded[0][2], loaded[0][3]
+    spec = first_cfg["spec"]
+    starts = [s.get("started_at") for _, _, s, _ in loaded if s.get("started_at") is not None]
+    ends = [s.get("ended_at") for _, _, s, _ in loaded if s.get("ended_at") is not None]
+    base_tags = {"medkd.group_key": group_key, "medkd.content_hash": content, "spec_hash": first_summary["spec_hash"],
+                 "data_hash": str(first_summary["data_hash"]), "role": first_summary["role"],
+                 "kd_method": first_summary["kd_method"], "dataset": spec["dataset"], "arch": first_summary["arch"]}
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(_flatten(spec).items())]
+    dataset = _dataset_input(info, first_summary["data_hash"])
+
+    parent = client.create_run(exp_id, start_time=_ms(min(starts)) if starts else None, run_name=group_key,
+                               tags={**base_tags, **_source_tags(first_env), "medkd.kind": "parent",
+                                     "medkd.seeds": ";".join(str(r["seed"]) for r, *_ in loaded)})
+    pid = parent.info.run_id
+    ids = {group_key: pid}
+    per_seed: dict[str, list[float]] = {}
+    for run, cfg, summary, env in loaded:
+        tests = test_metrics(run["metrics_csv"])
+        for k, v in tests.items():
+            per_seed.setdefault(k, []).append(v)
+        ids[run["key"]] = _log_child(client, exp_id, pid, run, cfg, summary, env, tests,
+                                     {**base_tags, "medkd.kind": "seed"}, params, dataset, log_models)
+    end_ms = _ms(max(ends)) if ends else None
+    metrics = [Metric("n_seeds", float(len(loaded)), end_ms or 0, 0),
+               Metric("params", float(first_summary["params"]), end_ms or 0, 0)]
+    for k, vals in per_seed.items():
+        metrics.append(Metric(k, float(np.mean(vals)), end_ms or 0, 0))
+        if len(vals) > 1:
+            metrics.append(Metric(f"sd.{k}", float(np.std(vals, ddof=1)), end_ms or 0, 0))
+    _log_batch(client, pid, metrics, params + [Param("seeds", json.dumps([int(r["seed"]) for r, *_ in loaded]))])
+    if dataset is not None:
+        client.log_inputs(pid, datasets=[dataset])
+    for f in info.get("files", []):
+        if Path(f).exists():
+            client.log_artifact(pid, str(f), artifact_path="figures" if str(f).endswith(".png") else "tables")
+    client.set_terminated(pid, "FINISHED", end_time=end_ms)
+    return ids
+
+
+def _log_child(client, exp_id: str, parent_id: str, run: dict, cfg: dict, summary: dict, env: dict,
+               tests: dict, tags: dict, params: list, dataset, log_models: bool) -> str:
+    from mlflow.entities import Metric, Param
+
+    start_ms, end_ms = _ms(summary.get("started_at")), _ms(summary.get("ended_at"))
+    child = client.create_run(exp_id, start_time=start_ms, run_name=run["key"],
+                              tags={**tags, **_source_tags(env), "mlflow.parentRunId": parent_id,
+                                    "medkd.run_key": run["key"]})
+    rid = child.info.run_id
     metrics = []
-    for h in read_jsonl(model_dir / "epochs.jsonl"):
-        for k in ("train_loss", "lr", "val_loss", "val_dice", "val_mse", "slices_per_second"):
+    for h in read_jsonl(Path(run["model_dir"]) / "epochs.jsonl"):
+        ts = _ms(h.get("time")) or start_ms or 0
+        step = int(h["epoch"])
+        for k in EPOCH_KEYS:
             if h.get(k) is not None:
-                metrics.append(Metric(k, float(h[k]), 0, int(h["epoch"])))
-    df = pd.read_csv(run["metrics_csv"])
-    for (conv, cls, metric), grp in df.groupby(["convention", "class", "metric"]):
-        value = float(grp["value"].mean())
-        if not math.isnan(value):
-            key = f"test.{conv}.{cls}.{metric}".replace("-", "all")
-            metrics.append(Metric(key, value, 0, 0))
-    metrics.append(Metric("params", float(summary["params"]), 0, 0))
-    plist = [Param(k, v) for k, v in sorted(params.items())]
-    for i in range(0, max(len(plist), len(metrics)), 100):
-        client.log_batch(rid, metrics=metrics[i : i + 100], params=plist[i : i + 100])
-    for f in files:
-        if f.exists():
+                metrics.append(Metric(k, float(h[k]), ts, step))
+        for part, value in (h.get("terms") or {}).items():
+            metrics.append(Metric(term_metric(part), float(value), ts, step))
+    for k, v in tests.items():
+        metrics.append(Metric(k, v, end_ms or 0, 0))
+    metrics.append(Metric("params", float(summary["params"]), end_ms or 0, 0))
+    _log_batch(client, rid, metrics, params + [Param("seed", str(cfg["seed"]))])
+    if dataset is not None:
+        client.log_inputs(rid, datasets=[dataset])
+    for f in _run_files(run):
+        if f.exists() and f.name != "model.pt":
             client.log_artifact(rid, str(f))
-    client.set_terminated(rid)
+    if log_models:
+        _log_model(rid, Path(run["model_dir"]))
+    client.set_terminated(rid, "FINISHED", end_time=end_ms)
     return rid
+
+
+def _log_model(run_id: str, model_dir: Path) -> None:
+    """The best checkpoint as an MLflow PyTorch model (name ``model``) of run ``run_id``. The pip
+    requirements are given (medkd and the torch it ran with) so MLflow does not infer them, which would
+    import the model in a subprocess per run."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from medkd.runtime import load_trained
+
+    model, _ = load_trained(model_dir, "cpu")
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "medkd"])

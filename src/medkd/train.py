@@ -13,7 +13,9 @@ short sequence of named steps:
    weights by the selection metric; :func:`checkpoint` writes ``last.pt`` every epoch (model,
    optimiser, schedule, loss-term state, RNG states, epoch history);
 5. :func:`finish` - ``model.pt`` (best weights), ``summary.json``, ``config.json`` (spec, seed, inputs),
-   ``env.json`` (versions, run settings, git commit, data hash); ``epochs.jsonl`` has one line per epoch.
+   ``env.json`` (versions, run settings, git commit, data hash); ``epochs.jsonl`` has one line per epoch
+   (``time``: wall-clock Unix time at the end of the epoch; ``summary.json`` has ``started_at`` and
+   ``ended_at``, Unix times of the training job, the start of its first epoch when it resumed).
 
 Selection metrics: ``val_dice`` (mean foreground Dice of argmax predictions, pixels pooled over the
 validation slices; higher is better), ``val_loss`` (the full weighted objective on validation data,
@@ -379,7 +381,8 @@ def flops_per_slice(model: nn.Module, batch: dict) -> int:
     return int(counter.get_total_flops())
 
 
-def finish(run: Run, state: TrainState, inputs: TrainInputs, settings: RunSettings, out_dir: Path) -> dict:
+def finish(run: Run, state: TrainState, inputs: TrainInputs, settings: RunSettings, out_dir: Path,
+           started_at: float | None = None) -> dict:
     """Write model.pt, summary.json, config.json and env.json; return the summary."""
     spec, best_path = run.spec, out_dir / "best.pt"
     val = None
@@ -407,6 +410,9 @@ def finish(run: Run, state: TrainState, inputs: TrainInputs, settings: RunSettin
         "train_seconds": sum(h["train_seconds"] for h in state.history),
         "spec_hash": spec.hash,
         "data_hash": inputs.data_hash,
+        "started_at": min([started_at or time.time()] + [h["time"] - h["train_seconds"] for h in state.history
+                                                         if "time" in h]),
+        "ended_at": time.time(),
     }
     write_json(out_dir / "config.json", {"spec": spec.to_dict(), "seed": run.seed, "spec_hash": spec.hash,
                                          "inputs": inputs.record()})
@@ -427,6 +433,7 @@ def train(spec: ModelSpec, seed: int, inputs: TrainInputs, out_dir: str | Path,
     Raises:
         ValueError: inconsistent inputs (missing cache, unknown tap, split without cases).
     """
+    started_at = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = build(spec, seed, inputs, settings.apply(), settings)
@@ -437,10 +444,11 @@ def train(spec: ModelSpec, seed: int, inputs: TrainInputs, out_dir: str | Path,
         record = train_epoch(run, state, epoch)
         record.update(validate(run, epoch))
         record["best"] = select(run, state, record, out_dir)
+        record["time"] = time.time()
         state.history.append(record)
         append_jsonl(out_dir / "epochs.jsonl", record)
         checkpoint(run, state, epoch, out_dir)
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", **{run.metric: f"{record.get(run.metric, epoch):.4f}"})
         log.info("epoch %d: loss %.4f %s", epoch, record["train_loss"],
                  " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_")))
-    return finish(run, state, inputs, settings, out_dir)
+    return finish(run, state, inputs, settings, out_dir, started_at)

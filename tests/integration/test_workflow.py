@@ -29,12 +29,14 @@ def test_tables_and_tracking(tiny_workflow):
     hd = table[(table.metric == "hd95")]
     assert (hd["mean"] >= 0).all()
     runs = json.loads((wd / "results/mlflow/runs.json").read_text())
-    assert sorted(runs) == ["tiny/student/seed0", "tiny/student_kd/seed0", "tiny/teacher/seed0"]
+    assert sorted(k for k in runs if k.count("/") == 2) == ["tiny/student/seed0", "tiny/student_kd/seed0",
+                                                            "tiny/teacher/seed0"]
+    assert sorted(k for k in runs if k.count("/") == 1) == ["tiny/student", "tiny/student_kd", "tiny/teacher"]
     with sqlite3.connect(wd / "results/mlflow.db") as db:
         n_runs = db.execute("select count(*) from runs where lifecycle_stage = 'active'").fetchone()[0]
         epochs = db.execute("select count(*) from metrics where key = 'train_loss'").fetchone()[0]
         tags = dict(db.execute("select key, value from tags where run_uuid = ?", (runs["tiny/teacher/seed0"],)))
-    assert n_runs == 3 and epochs == 3 * 2
+    assert n_runs == 3 + 3 and epochs == 3 * 2  # a parent per model, a child per seed (the epochs)
     assert tags["medkd.run_key"] == "tiny/teacher/seed0" and len(tags["spec_hash"]) == 12
     md = (wd / "results/tables/tiny.md").read_text()
     assert "student_kd" in md and "±" not in md.split("\n")[4]  # one seed: no spread printed
@@ -61,7 +63,7 @@ def test_changing_one_student_reruns_only_its_chain(tiny_workflow):
     proc = snakemake(["-n", "results/tables/all.csv", "--configfile", "tiny_changed.yaml"], wd)
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout)
-    assert jobs == {"train": 1, "infer": 1, "evaluate": 1, "tables": 1, "track": 1, "collect": 1}, jobs
+    assert jobs == {"train": 1, "infer": 1, "evaluate": 1, "tables": 1, "panels": 1, "track": 1, "collect": 1}, jobs
     assert "student_kd" in proc.stdout and "models/teacher/seed0/model.pt" not in proc.stdout.split("Job stats")[0]
 
 
@@ -81,13 +83,14 @@ def _plan_after_editing(wd, rel_path: str) -> dict[str, int]:
 def test_editing_a_loss_reruns_exactly_the_students_using_it(tiny_workflow):
     """kl_div lives in distill/hinton.py; only student_kd uses it: its chain re-runs, nothing else."""
     jobs, out = _plan_after_editing(tiny_workflow, "src/medkd/distill/hinton.py")
-    assert jobs == {"train": 1, "infer": 1, "evaluate": 1, "tables": 1, "track": 1, "collect": 1}, jobs
+    assert jobs == {"train": 1, "infer": 1, "evaluate": 1, "tables": 1, "panels": 1, "track": 1, "collect": 1}, jobs
     assert "models/student_kd/seed0/model.pt" in out and "models/teacher/seed0/model.pt" not in out.split("Job stats")[0]
 
 
 def test_editing_the_engine_reruns_every_training_job_and_what_follows(tiny_workflow):
     jobs, _ = _plan_after_editing(tiny_workflow, "src/medkd/train.py")
-    assert jobs == {"train": 3, "cache": 1, "infer": 3, "evaluate": 3, "tables": 1, "track": 1, "collect": 1}, jobs
+    assert jobs == {"train": 3, "cache": 1, "infer": 3, "evaluate": 3, "tables": 1, "panels": 1, "track": 1,
+                    "collect": 1}, jobs
 
 
 def test_editing_the_report_reruns_only_tables_and_later(tiny_workflow):

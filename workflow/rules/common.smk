@@ -1,5 +1,6 @@
 # Helpers shared by every stage file: the validated config, path builders, job parameters.
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from medkd.codehash import code_hash  # noqa: E402
 from medkd.config import (  # noqa: E402
     canonical_json, config_digest, experiment_seeds, load_config, model_spec as _model_spec,
 )
+from medkd.spec import spec_hash  # noqa: E402
 
 CFG = load_config(config)
 CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
@@ -207,6 +209,55 @@ def job_resources(rule):
     out = {"mem_mb": mem_mb, "runtime": runtime}
     if rule in _resources.NETWORK_RULES:
         out["gpu"] = _resources.gpu(CFG, rule)
+    return out
+
+
+def first_seed(exp):
+    return experiment_seeds(CFG, exp)[0]
+
+
+def panel_models(exp):
+    """Models drawn in the qualitative panels: teachers and students (baselines are the input column)."""
+    return [m for m, c in exp_cfg(exp)["models"].items() if c["role"] in ("teacher", "student")]
+
+
+def experiment_figures(exp):
+    """Figures of an experiment (report, MLflow parent runs): bar chart, curves, panels, robustness."""
+    figs = [f"results/figures/{exp}.png", f"results/figures/{exp}_curves.png", f"results/figures/{exp}_panels.png"]
+    if "robustness" in exp_cfg(exp):
+        figs.append(f"results/figures/{exp}_robustness.png")
+    return figs
+
+
+def model_label(exp, model):
+    """Report label of a model card: ``student_kd: KD student (hinton)``."""
+    c = model_cfg(exp, model)
+    if c["role"] in ("teacher", "baseline"):
+        kind = c["role"]
+    elif c.get("kd_method") and c["kd_method"] != "none":
+        kind = f"KD student ({c['kd_method']})"
+    else:
+        kind = "student alone"
+    return f"{model}: {kind}"
+
+
+def run_summary():
+    """What the landing page and the paper-numbers page need of the config (small enough for a param)."""
+    return {"description": CFG.get("description", ""), "seeds": CFG.get("seeds", []), "device": CFG.get("device", ""),
+            "config_hash": spec_hash(CFG),
+            "experiments": {e: {"paper": c.get("paper", ""), "dataset": c["dataset"], "task": c["task"],
+                                "models": list(c["models"]), "setting": c.get("setting", e), "group": c.get("group", "")}
+                            for e, c in CFG["experiments"].items()}}
+
+
+def track_experiments():
+    """Per experiment: the files the MLflow parent runs carry, and the slice store registered as input."""
+    out = {}
+    for e, c in CFG["experiments"].items():
+        out[e] = {"files": experiment_figures(e) + [f"results/tables/{e}.md", f"results/tables/{e}.csv",
+                                                    f"results/tables/{e}_verdicts.csv"],
+                  "dataset": c["dataset"], "store": f"results/slices/{c['dataset']}.h5",
+                  "fingerprint": f"results/slices/{c['dataset']}.json", "description": c.get("description", "")}
     return out
 
 

@@ -1,5 +1,8 @@
-# tables: per-experiment tables and figures, paired statistics (<exp>_stats.csv) and health flags;
-# collect: results/tables/all.csv with MLflow run ids and results/tables/health.md.
+# tables: per-experiment tables and figures, paired statistics (<exp>_stats.csv), paper verdicts
+# (<exp>_verdicts.csv) and health flags; panels: qualitative test slices; collect: results/tables/all.csv
+# with MLflow run ids and results/tables/health.md; report_pages, paper_numbers, overview: the HTML pages of
+# `make report` (results/report.html, Snakemake's --report). Report items: a category per experiment
+# (subcategories Tables, Figures, Models; one label each) and Overview.
 
 
 rule tables:
@@ -10,9 +13,12 @@ rule tables:
         csv="results/tables/{exp}.csv",
         md="results/tables/{exp}.md",
         tex="results/tables/{exp}.tex",
-        png=report("results/figures/{exp}.png", caption="../report/experiment.rst", category="Results"),
-        curves=report("results/figures/{exp}_curves.png", caption="../report/curves.rst", category="Training"),
+        png=report("results/figures/{exp}.png", caption="../report/experiment.rst", category="{exp}",
+                   subcategory="Figures", labels={"figure": "per-seed bar chart"}),
+        curves=report("results/figures/{exp}_curves.png", caption="../report/curves.rst", category="{exp}",
+                      subcategory="Figures", labels={"figure": "validation curves"}),
         stats="results/tables/{exp}_stats.csv",
+        verdicts="results/tables/{exp}_verdicts.csv",
     params:
         code=code("tables"),
         spec=lambda w: canonical_json(exp_table_spec(w.exp)),
@@ -28,12 +34,39 @@ rule tables:
         "workflow/scripts/medkd tables --experiment {wildcards.exp} --experiment-spec {params.spec:q} --metrics {input.metrics}"
         " --model-order {params.order} --model-dirs {params.model_dirs} --csv {output.csv} --md {output.md} --tex {output.tex}"
         " --png {output.png} --curves {output.curves} --stats {output.stats} --health-spec {params.health:q}"
-        " --stats-spec {params.stats:q} --threads {threads} > {log} 2>&1"
+        " --stats-spec {params.stats:q} --verdicts {output.verdicts} --threads {threads} > {log} 2>&1"
+
+
+rule panels:
+    input:
+        predictions=lambda w: [f"results/{w.exp}/predictions/{m}/seed{first_seed(w.exp)}.h5" for m in panel_models(w.exp)],
+        store=lambda w: f"results/slices/{exp_dataset(w.exp)}.h5" if exp_cfg(w.exp)["task"] == "segmentation"
+        else store_path(w.exp),
+        split="results/splits/{exp}.json",
+    output:
+        png=report("results/figures/{exp}_panels.png", caption="../report/panels.rst", category="{exp}",
+                   subcategory="Figures", labels={"figure": "qualitative panels"}),
+    params:
+        code=code("panels"),
+        spec=lambda w: canonical_json(exp_cfg(w.exp)),
+        seed=lambda w: first_seed(w.exp),
+        model_dir=lambda w: model_dir(w.exp, panel_models(w.exp)[0], first_seed(w.exp)),
+        pairs=lambda w: " ".join(f"{m}=results/{w.exp}/predictions/{m}/seed{first_seed(w.exp)}.h5"
+                                 for m in panel_models(w.exp)),
+    log:
+        "results/logs/panels/{exp}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd panels --experiment {wildcards.exp} --experiment-spec {params.spec:q}"
+        " --model-dir {params.model_dir} --store {input.store} --split {input.split} --seed {params.seed}"
+        " --predictions {params.pairs} --png {output.png} > {log} 2>&1"
 
 
 rule paper_table:
     input:
         tables=lambda w: [f"results/tables/{e}.csv" for e in GROUPS[w.group]],
+        verdicts=lambda w: [f"results/tables/{e}_verdicts.csv" for e in GROUPS[w.group]],
     output:
         csv="results/tables/paper_{group}.csv",
         md="results/tables/paper_{group}.md",
@@ -47,7 +80,8 @@ rule paper_table:
         "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd paper-table --group {wildcards.group} --experiments-spec {params.spec:q}"
-        " --order {params.order} --tables {input.tables} --csv {output.csv} --md {output.md} --threads {threads} > {log} 2>&1"
+        " --order {params.order} --tables {input.tables} --verdicts {input.verdicts} --csv {output.csv} --md {output.md}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule collect:
@@ -57,7 +91,8 @@ rule collect:
         robustness=[f"results/tables/{e}_robustness.csv" for e in EXPERIMENTS if "robustness" in exp_cfg(e)],
         runs="results/mlflow/runs.json",
     output:
-        all=report("results/tables/all.csv", caption="../report/all.rst", category="Results"),
+        all=report("results/tables/all.csv", caption="../report/all.rst", category="Overview",
+                   labels={"page": "all.csv: every experiment, long format"}),
         health="results/tables/health.md",
     params:
         code=code("collect"),
@@ -77,7 +112,8 @@ rule robustness_table:
     output:
         csv="results/tables/{exp}_robustness.csv",
         md="results/tables/{exp}_robustness.md",
-        png=report("results/figures/{exp}_robustness.png", caption="../report/robustness.rst", category="Robustness"),
+        png=report("results/figures/{exp}_robustness.png", caption="../report/robustness.rst", category="{exp}",
+                   subcategory="Figures", labels={"figure": "robustness curves"}),
     params:
         code=code("robustness-table"),
     log:
@@ -87,3 +123,87 @@ rule robustness_table:
     shell:
         "workflow/scripts/medkd robustness-table --experiment {wildcards.exp} --inputs {input.scores}"
         " --csv {output.csv} --md {output.md} --png {output.png} --threads {threads} > {log} 2>&1"
+
+
+rule report_pages:
+    input:
+        table="results/tables/{exp}.csv",
+        stats="results/tables/{exp}_stats.csv",
+        verdicts="results/tables/{exp}_verdicts.csv",
+        metrics=lambda w: [f"results/{w.exp}/metrics/{m}/seed{s}.csv" for m, s in all_runs(w.exp)],
+        paper=lambda w: [f"results/tables/paper_{exp_cfg(w.exp)['group']}.csv"] if "group" in exp_cfg(w.exp) else [],
+        robustness=lambda w: [f"results/tables/{w.exp}_robustness.csv"] if "robustness" in exp_cfg(w.exp) else [],
+        runs="results/mlflow/runs.json",
+    output:
+        table=report("results/report/{exp}/table.html", caption="../report/table.rst", category="{exp}",
+                     subcategory="Tables", labels={"table": "experiment table"}),
+        paper=report("results/report/{exp}/paper.html", caption="../report/paper.rst", category="{exp}",
+                     subcategory="Tables", labels={"table": "paper layout and verdicts"}),
+        models=report(directory("results/report/{exp}/models"), patterns=["{model}.html"], category="{exp}",
+                      subcategory="Models", caption="../report/model.rst",
+                      labels=lambda w: {"model": model_label(w.exp, w.model)}),
+    params:
+        code=code("report-pages"),
+        spec=lambda w: canonical_json(exp_cfg(w.exp)),
+        order=lambda w: " ".join(exp_cfg(w.exp)["models"]),
+        model_dirs=lambda w: " ".join(model_dir(w.exp, m, s) for m, s in all_runs(w.exp)),
+        extra=lambda w, input: " ".join(([f"--paper-table {input.paper[0]}"] if input.paper else [])
+                                        + ([f"--robustness {input.robustness[0]}"] if input.robustness else [])),
+    log:
+        "results/logs/report_pages/{exp}.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd report-pages --experiment {wildcards.exp} --experiment-spec {params.spec:q}"
+        " --model-order {params.order} --table {input.table} --stats {input.stats} --verdicts {input.verdicts}"
+        " --model-dirs {params.model_dirs} --metrics {input.metrics} --runs {input.runs} {params.extra}"
+        " --out-dir results/report/{wildcards.exp} > {log} 2>&1"
+
+
+rule paper_numbers:
+    input:
+        verdicts=expand("results/tables/{exp}_verdicts.csv", exp=EXPERIMENTS),
+        paper_config="config/paper.yaml",
+        paper_experiments=sorted(str(p) for p in Path("config/experiments").glob("*.yaml")),
+        not_reproduced="docs/not_reproduced.md",
+    output:
+        csv="results/tables/paper_numbers.csv",
+        html=report("results/report/paper_numbers.html", caption="../report/paper_numbers.rst", category="Overview",
+                    labels={"page": "paper numbers and verdicts"}),
+    params:
+        code=code("paper-numbers"),
+        run=canonical_json(run_summary()),
+    log:
+        "results/logs/paper_numbers.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd paper-numbers --run-summary {params.run:q} --paper-config {input.paper_config}"
+        " --not-reproduced {input.not_reproduced} --verdicts {input.verdicts} --csv {output.csv} --html {output.html}"
+        " > {log} 2>&1"
+
+
+rule overview:
+    input:
+        all="results/tables/all.csv",
+        paper_numbers="results/tables/paper_numbers.csv",
+        summaries=[f"{model_dir(e, m, s)}/summary.json" for e in EXPERIMENTS for m, s in all_runs(e)],
+        fingerprints=sorted({f"results/slices/{exp_dataset(e)}.json" for e in EXPERIMENTS}),
+        pages=expand("results/report/{exp}/table.html", exp=EXPERIMENTS),
+        panels=expand("results/figures/{exp}_panels.png", exp=EXPERIMENTS),
+    output:
+        html="results/report/overview.html",
+    params:
+        code=code("overview"),
+        run=canonical_json(run_summary()),
+        configfiles=" ".join(os.path.relpath(str(f)) for f in (getattr(workflow, "overwrite_configfiles", None)
+                                                                 or workflow.configfiles)),
+        model_dirs=" ".join(model_dir(e, m, s) for e in EXPERIMENTS for m, s in all_runs(e)),
+    log:
+        "results/logs/overview.log",
+    conda:
+        "../../envs/medkd.yaml"
+    shell:
+        "workflow/scripts/medkd overview --run-summary {params.run:q} --config-files {params.configfiles}"
+        " --all {input.all} --paper-numbers {input.paper_numbers} --model-dirs {params.model_dirs}"
+        " --fingerprints {input.fingerprints} --logs-dir results/logs --out {output.html} > {log} 2>&1"

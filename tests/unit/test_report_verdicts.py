@@ -1,0 +1,63 @@
+"""Paper verdicts: our interval around the paper's number, and the verdict of numbers not run here."""
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from medkd import report
+from medkd.reportpages import no_code_path_rows, paper_numbers, verdict_counts
+from medkd.config import REPO_ROOT
+
+
+def _metrics(values: dict[tuple[str, int], float], model="m", metric="dice", cls="wm", conv="engine"):
+    return pd.DataFrame([{"experiment": "e", "model": model, "seed": s, "case": c, "class": cls, "metric": metric,
+                          "convention": conv, "value": v} for (c, s), v in values.items()])
+
+
+def test_value_ci_resamples_cases_and_falls_back_to_seeds():
+    vals = {(f"c{i}", s): 0.5 + 0.1 * i + 0.01 * s for i in range(4) for s in range(2)}
+    low, high, method = report.value_ci(_metrics(vals)[["case", "seed", "value"]], n_resamples=999)
+    mean = np.mean(list(vals.values()))
+    assert low < mean < high and "resampling test cases" in method
+    one_case = _metrics({("c0", 0): 0.5, ("c0", 1): 0.7})[["case", "seed", "value"]]
+    low, high, method = report.value_ci(one_case, n_resamples=999)
+    assert 0.5 <= low <= high <= 0.7 and "resampling seeds" in method
+    low, high, method = report.value_ci(_metrics({("c0", 0): 0.5})[["case", "seed", "value"]])
+    assert math.isnan(low) and "1 case(s) x 1 seed(s)" in method
+
+
+def test_verdicts_within_outside_and_no_ci():
+    assert report.verdict(0.6, 0.5, 0.7) == "within CI"
+    assert report.verdict(0.8, 0.5, 0.7) == "outside CI"
+    assert report.verdict(0.8, math.nan, math.nan).startswith("no CI")
+    metrics = _metrics({(f"c{i}", 0): 0.5 + 0.05 * i for i in range(5)})
+    table = report.aggregate([metrics])
+    table["n_seeds"], table["sd"] = 1, math.nan
+    cfg = {"reference": [{"model": "m", "metric": "dice", "class": "wm", "value": 0.6},
+                         {"model": "m", "metric": "dice", "class": "wm", "value": 0.95},
+                         {"model": "other", "metric": "dice", "class": "wm", "value": 0.9}]}
+    v = report.paper_verdicts("e", cfg, metrics, table, {"n_resamples": 999})
+    assert list(v["verdict"]) == ["within CI", "outside CI", "no value here (not scored in this run)"]
+    assert math.isclose(v["ours"].iloc[0], 0.6)
+
+
+def test_paper_numbers_say_why_a_number_was_not_run(tmp_path):
+    rows = no_code_path_rows(REPO_ROOT / "docs" / "not_reproduced.md")
+    assert rows and all(r["why"] for r in rows) and any("KD-MRI" in r["paper"] for r in rows)
+    run = {"experiments": {"ran": {"paper": "P. A paper", "setting": "ran"}}}
+    verdicts = tmp_path / "ran_verdicts.csv"
+    pd.DataFrame([{"experiment": "ran", "model": "m", "class": "wm", "metric": "dice", "convention": "engine",
+                   "paper_value": 0.6, "source": "s", "ours": 0.61, "sd": 0.01, "n_cases": 3, "n_seeds": 2,
+                   "ci_low": 0.55, "ci_high": 0.65, "ci_method": "x", "verdict": "within CI"}]).to_csv(verdicts, index=False)
+    paper_cfg = {"datasets": {"gated": {"kind": "manual"}, "public": {"kind": "download"}},
+                 "experiments": {"a": {"dataset": "gated", "paper": "Q. Other", "reference": [
+                     {"model": "t", "metric": "psnr", "class": "image", "value": 30.0}]},
+                                 "b": {"dataset": "public", "reference": [{"model": "t", "metric": "dice", "value": 0.9}]},
+                                 "ran": {"dataset": "public", "reference": [{"model": "m", "metric": "dice", "value": 0.6}]}}}
+    df = paper_numbers(run, paper_cfg, [verdicts], REPO_ROOT / "docs" / "not_reproduced.md")
+    by_exp = dict(zip(df["experiment"], df["verdict"]))
+    assert by_exp["ran"] == "within CI" and by_exp["a"] == "not run here (data gated: gated)"
+    assert by_exp["b"].startswith("not run here (public data public")
+    counts = verdict_counts(df)
+    assert counts["within CI"] == 1 and counts["not run here"] == 2 and counts["no code path"] == len(rows)
