@@ -39,16 +39,21 @@ localrules:
     collect,
 
 
+clear_stale_lock()
+
+
 onstart:
     start_forkserver()
 
 
 onsuccess:
     stop_forkserver()
+    release_owner()
 
 
 onerror:
     stop_forkserver()
+    release_owner()
 
 
 rule all:

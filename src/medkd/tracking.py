@@ -99,6 +99,9 @@ def _log_run(client, exp_id: str, run: dict, model_dir: Path, files: list[Path],
         for k in ("train_loss", "lr", "val_loss", "val_dice", "val_mse", "slices_per_second"):
             if h.get(k) is not None:
                 metrics.append(Metric(k, float(h[k]), 0, int(h["epoch"])))
+    from medkd.integrity import METRIC_COLUMNS as COLUMNS, check_metrics_csv
+
+    check_metrics_csv(run["metrics_csv"], COLUMNS)
     df = pd.read_csv(run["metrics_csv"])
     for (conv, cls, metric), grp in df.groupby(["convention", "class", "metric"]):
         value = float(grp["value"].mean())

@@ -155,3 +155,49 @@ def stop_forkserver():
             proc.wait(timeout=10)
         except Exception:
             proc.kill()
+
+
+# ------------------------------------------------------------------------------ stale locks of killed runs
+# Snakemake locks the working directory while it runs and refuses a second instance (two runs must not
+# write the same results/). A Snakemake killed with SIGKILL cannot remove its lock, and the next run would
+# be refused until `snakemake --unlock`. Every run registers itself (pid and process start time) under
+# .snakemake/medkd-owners/; a lock whose registered owners are all gone is stale and removed, a lock with
+# a live owner is left alone (so a concurrent run is still refused).
+_OWNERS = Path(".snakemake/medkd-owners")
+
+
+def _start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_alive(entry):
+    pid, _, started = entry.name.partition("-")
+    return pid.isdigit() and _start_time(int(pid)) == started
+
+
+def clear_stale_lock():
+    import os
+
+    locks = Path(".snakemake/locks")
+    owners = list(_OWNERS.glob("*-*")) if _OWNERS.is_dir() else []
+    if locks.is_dir() and any(locks.iterdir()) and owners and not any(_owner_alive(o) for o in owners):
+        for f in locks.iterdir():
+            f.unlink()
+        print(f"medkd: removed the stale lock of a killed Snakemake run (owners {[o.name for o in owners]} are gone)",
+              file=sys.stderr)
+    for o in owners:
+        if not _owner_alive(o):
+            o.unlink(missing_ok=True)
+    if not workflow.dryrun and _start_time(os.getpid()):
+        _OWNERS.mkdir(parents=True, exist_ok=True)
+        (_OWNERS / f"{os.getpid()}-{_start_time(os.getpid())}").touch()
+
+
+def release_owner():
+    import os
+
+    (_OWNERS / f"{os.getpid()}-{_start_time(os.getpid())}").unlink(missing_ok=True)
