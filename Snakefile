@@ -8,10 +8,11 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
+# medkd validates first (common.smk): one line naming the key, before Snakemake's own schema check.
 include: "workflow/rules/common.smk"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
 wildcard_constraints:
     exp="|".join(EXPERIMENTS) or "none",
     model=r"[A-Za-z0-9_]+",

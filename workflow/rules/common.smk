@@ -8,9 +8,13 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from functools import lru_cache  # noqa: E402
 
 from medkd.codehash import code_hash  # noqa: E402
-from medkd.config import canonical_json, experiment_seeds, load_config, model_spec as _model_spec  # noqa: E402
+from medkd.config import ConfigError, canonical_json, experiment_seeds, load_config, model_spec as _model_spec  # noqa: E402
 
-CFG = load_config(config)
+try:
+    CFG = load_config(config)
+except ConfigError as _exc:  # a bad config stops planning with one line naming the key, before any job
+    print(f"medkd: invalid config: {_exc}", file=sys.stderr)
+    sys.exit(1)
 CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
 DATA_ROOT = CFG["data_root"]
 
