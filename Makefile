@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv reproduce test test-unit lint dryrun ui benchmark clean
+.PHONY: venv reproduce test test-unit faults lint dryrun ui benchmark clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,13 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Fault injection: SIGKILL the job, its fork-server client or Snakemake at seeded moments in every stage,
+# re-run, compare with an uninterrupted run (tests/faults/gauntlet.py; about 20-40 min on 2 cores).
+TRIALS ?= 22
+FAULT_SEED ?= 0
+faults: $(STAMP)
+	$(BIN)/python tests/faults/gauntlet.py --trials $(TRIALS) --seed $(FAULT_SEED)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -48,18 +48,22 @@ STAGES = ["fetch", "convert", "split", "undersample", "train", "cache", "infer",
 TARGETS = ["job", "client", "snakemake"]
 CONFIG = "faults.yaml"
 TARGET_FILE = "results/tables/all.csv"
-# outputs deleted at the start of a trial of each stage (Snakemake then redoes the stage and what follows)
+# What a trial of each stage deletes before it starts: the stage's outputs and everything downstream of
+# them (Snakemake does not regenerate a missing intermediate file whose consumers are up to date).
+_TABLES = ["results/tables", "results/figures", "results/mlflow", "results/mlflow.db"]
+_AFTER_TRAIN = ["results/*/models", "results/*/cache", "results/*/predictions", "results/*/metrics", *_TABLES]
 STAGE_OUTPUTS = {
-    "fetch": ["data"],
-    "convert": ["results/slices"],
-    "split": ["results/splits"],
-    "undersample": ["results/kspace"],
-    "train": ["results/*/models"],
-    "cache": ["results/*/cache"],
-    "infer": ["results/*/predictions"],
-    "evaluate": ["results/*/metrics"],
-    "tables": ["results/tables/tiny.*", "results/tables/recon.*", "results/tables/*_stats.csv"],
-    "track": ["results/mlflow/runs.json"],
+    "fetch": ["data", "results"],
+    "convert": ["results/slices", "results/kspace", "results/splits", *_AFTER_TRAIN],
+    "split": ["results/splits", *_AFTER_TRAIN],
+    "undersample": ["results/kspace", "results/recon", *_TABLES],
+    "train": _AFTER_TRAIN,
+    "cache": ["results/*/cache", "results/tiny/models/student_kd", "results/tiny/predictions/student_kd",
+              "results/tiny/metrics/student_kd", *_TABLES],
+    "infer": ["results/*/predictions", "results/*/metrics", *_TABLES],
+    "evaluate": ["results/*/metrics", *_TABLES],
+    "tables": _TABLES,
+    "track": ["results/mlflow", "results/mlflow.db", "results/tables/all.csv", "results/tables/health.md"],
     "collect": ["results/tables/all.csv", "results/tables/health.md"],
 }
 IGNORED_COLUMNS = ("mlflow_run_ids", "git_commit")
@@ -407,12 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
     ap.add_argument("--keep", action="store_true", help="keep every trial's directory")
     ap.add_argument("--out", help="also write the table (markdown) here")
+    ap.add_argument("--reference", help="reuse this finished reference run instead of making one")
     args = ap.parse_args(argv)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="medkd-faults-"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     print(f"reference run in {root / 'ref'} ...", flush=True)
-    ref = reference(root, Path(args.config))
+    ref = Path(args.reference) if args.reference else reference(root, Path(args.config))
     ref_print = fingerprint(ref)
     durations = step_seconds(ref)
     print(f"reference done in {time.monotonic() - t0:.0f} s; step durations {durations}", flush=True)
