@@ -2,13 +2,15 @@
 
 One uninterrupted reference run of ``tests/faults/faults.yaml`` (every stage: fetch, convert, split,
 undersample, train, cache, infer, evaluate, tables, track, collect), then N seeded trials. A trial copies
-the reference working directory, deletes the outputs of its stage (so Snakemake has that stage and
-everything downstream to redo; ``fetch`` trials start from nothing), starts ``snakemake``, waits until a
+the reference working directory, deletes the outputs of its stage and what depends on them (Snakemake
+does not regenerate a missing intermediate whose consumers are up to date; ``fetch`` trials start from
+nothing), starts ``snakemake``, waits until a
 job of the stage is running, waits a seeded random delay (up to the stage's reference duration) and
 sends SIGKILL to one of:
 
 * ``job``: the process doing the work (in the fork server, or the direct interpreter);
-* ``client``: the job's fork-server client (what Snakemake runs); the server must kill the job too;
+* ``client``: the job's fork-server client (what Snakemake runs); the server must kill the job too (these
+  trials set ``MEDKD_FORKSERVER_WAIT`` so every job runs in the server);
 * ``snakemake``: the Snakemake process itself (its lock is stale afterwards; its jobs must not outlive it).
 
 Then it re-runs the same command and checks: it completes; ``all.csv``'s numbers (all columns but run
@@ -55,9 +57,10 @@ _AFTER_TRAIN = ["results/*/models", "results/*/cache", "results/*/predictions", 
 STAGE_OUTPUTS = {
     "fetch": ["data", "results"],
     "convert": ["results/slices", "results/kspace", "results/splits", *_AFTER_TRAIN],
-    "split": ["results/splits", *_AFTER_TRAIN],
+    "split": ["results/splits/recon.json", "results/recon", *_TABLES],
     "undersample": ["results/kspace", "results/recon", *_TABLES],
-    "train": _AFTER_TRAIN,
+    "train": ["results/tiny/models/student_kd", "results/tiny/predictions/student_kd", "results/tiny/metrics/student_kd",
+              "results/recon/models", "results/recon/predictions", "results/recon/metrics", *_TABLES],
     "cache": ["results/*/cache", "results/tiny/models/student_kd", "results/tiny/predictions/student_kd",
               "results/tiny/metrics/student_kd", *_TABLES],
     "infer": ["results/*/predictions", "results/*/metrics", *_TABLES],
@@ -69,9 +72,12 @@ STAGE_OUTPUTS = {
 IGNORED_COLUMNS = ("mlflow_run_ids", "git_commit")
 
 
-def env() -> dict:
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-            "MPLBACKEND": "Agg"}
+def env(forkserver_wait: float = 0) -> dict:
+    e = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+         "MPLBACKEND": "Agg"}
+    if forkserver_wait:  # every job runs in the fork server, so a client can be killed
+        e["MEDKD_FORKSERVER_WAIT"] = str(forkserver_wait)
+    return e
 
 
 def command(config: str = CONFIG) -> list[str]:
@@ -308,7 +314,8 @@ def run_trial(trial: Trial, ref: Path, ref_print: dict, durations: dict, root: P
     trial.planned = total_jobs(dry_run(wd, config))
     out_path, err_path = wd / "killed_run.out", wd / "killed_run.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        smk = subprocess.Popen(command(config), cwd=wd, env=env(), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        smk = subprocess.Popen(command(config), cwd=wd, env=env(60 if trial.target == "client" else 0), stdout=out,
+                               stderr=err, stdin=subprocess.DEVNULL)
         job = client = None
         t_seen = None
         while smk.poll() is None:

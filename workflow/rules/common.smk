@@ -149,6 +149,13 @@ def start_forkserver():
             [str(Path(workflow.basedir) / "workflow/scripts/medkd"), "forkserver", sock, str(os.getpid())],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     os.environ["MEDKD_FORKSERVER"] = sock
+    # MEDKD_FORKSERVER_WAIT=<s>: wait (up to s seconds) until the server listens, so that every job runs in it
+    # (the fault-injection gauntlet uses it to kill jobs through their fork-server client).
+    import time
+
+    deadline = time.monotonic() + float(os.environ.get("MEDKD_FORKSERVER_WAIT", "0") or 0)
+    while time.monotonic() < deadline and not os.path.exists(sock) and _FORKSERVER["proc"].poll() is None:
+        time.sleep(0.05)
 
 
 def stop_forkserver():
