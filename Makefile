@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 # CONFIGFILE=path/to.yaml runs `make report` (and ui's store stays results/mlflow.db) on another config.
 SMK_CONFIG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE))
 
-.PHONY: venv reproduce report test test-unit lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
+.PHONY: venv reproduce report test test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
 
 venv: $(STAMP)
 
@@ -42,6 +42,13 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Fault injection: SIGKILL the job, its fork-server client or Snakemake at seeded moments in every stage,
+# re-run, compare with an uninterrupted run (tests/faults/gauntlet.py; about 20-40 min on 2 cores).
+TRIALS ?= 22
+FAULT_SEED ?= 0
+faults: $(STAMP)
+	$(BIN)/python tests/faults/gauntlet.py --trials $(TRIALS) --seed $(FAULT_SEED)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -15,10 +15,11 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
+# medkd validates first (common.smk): one line naming the key, before Snakemake's own schema check.
 include: "workflow/rules/common.smk"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
 wildcard_constraints:
     exp="|".join(EXPERIMENTS) or "none",
     model=r"[A-Za-z0-9_]+",
@@ -50,16 +51,21 @@ localrules:
     overview,
 
 
+clear_stale_lock()
+
+
 onstart:
     start_forkserver()
 
 
 onsuccess:
     stop_forkserver()
+    release_owner()
 
 
 onerror:
     stop_forkserver()
+    release_owner()
 
 
 # The default target: the tables and everything `make report` shows (results/report.html).

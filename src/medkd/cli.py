@@ -63,6 +63,20 @@ def _pairs(values: list[str] | None) -> dict[str, Path]:
     return out
 
 
+def _check_model_inputs(model_dir, store) -> None:
+    """The model directory is complete and the store is the one it was trained on (its recorded MD5)."""
+    from medkd.integrity import check_store_hash, reading
+    from medkd.io import read_json
+
+    summary_path = Path(model_dir) / "summary.json"
+    summary = read_json(summary_path)
+    with reading(summary_path, "model summary"):
+        for key in ("spec_hash", "data_hash", "model", "seed"):
+            if key not in summary:
+                raise KeyError(f"missing key {key!r}")
+    check_store_hash(store, summary.get("data_hash"), str(summary_path))
+
+
 def cmd_fetch(args) -> None:
     """Generate (embedded), download (download) or verify (manual) one dataset.
 
@@ -130,8 +144,14 @@ def cmd_split(args) -> None:
     from medkd.data.splits import make_split, write_split
     from medkd.io import read_json
 
+    from medkd.integrity import reading
+
     s = json.loads(args.split_spec)
-    cases = read_json(args.fingerprint)["cases"]
+    fingerprint = read_json(args.fingerprint)
+    with reading(args.fingerprint, "dataset fingerprint"):
+        cases = list(fingerprint["cases"])
+        if not cases or not all(isinstance(c, str) for c in cases):
+            raise ValueError("'cases' is not a non-empty list of case ids")
     split = make_split(cases, s["seed"], fractions=s["fractions"], subsets=s.get("subsets"), fixed=s.get("fixed"))
     write_split(split, args.out)
 
@@ -172,15 +192,22 @@ def cmd_plan(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from medkd.integrity import check_store_hash, reading
     from medkd.io import read_json
     from medkd.train import TrainInputs, train
 
     spec = _load_spec(args)
+    data_hash = None
+    if args.fingerprint:
+        fingerprint = read_json(args.fingerprint)
+        with reading(args.fingerprint, "dataset fingerprint"):
+            data_hash = fingerprint["md5"]
+        check_store_hash(args.store, data_hash, args.fingerprint)
     inputs = TrainInputs(
         store=Path(args.store), split=Path(args.split), teacher_dirs=_pairs(args.teacher_dir),
         caches=_pairs(args.cache), init_dir=Path(args.init_dir) if args.init_dir else None,
         teacher_summaries=_pairs(args.teacher_summary),
-        data_hash=read_json(args.fingerprint)["md5"] if args.fingerprint else None,
+        data_hash=data_hash,
     )
     summary = train(spec, args.seed, inputs, args.out, _run_settings(args))
     logging.getLogger("medkd").info("best %s %.4f at epoch %s", summary["select_metric"], summary["best_score"],
@@ -190,12 +217,14 @@ def cmd_train(args) -> None:
 def cmd_cache(args) -> None:
     from medkd.cache import build_cache
 
+    _check_model_inputs(args.teacher_dir, args.store)
     print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, settings=_run_settings(args))))
 
 
 def cmd_infer(args) -> None:
     from medkd.infer import predict
 
+    _check_model_inputs(args.model_dir, args.store)
     print(json.dumps(predict(args.model_dir, args.store, args.split, args.out, split_name=args.split_name,
                              settings=_run_settings(args))))
 
@@ -203,6 +232,7 @@ def cmd_infer(args) -> None:
 def cmd_evaluate(args) -> None:
     from medkd.evaluate import evaluate
 
+    _check_model_inputs(args.model_dir, args.store)
     n = evaluate(args.predictions, args.model_dir, args.store, args.split, args.out, conventions=args.conventions,
                  logit_threshold=args.logit_threshold, regions=json.loads(args.regions))
     print(f"{n} rows -> {args.out}")
@@ -213,6 +243,7 @@ def cmd_robustness(args) -> None:
 
     from medkd.config import validate_part
 
+    _check_model_inputs(args.model_dir, args.store)
     r = validate_part("/$defs/experiment/properties/robustness", json.loads(args.robustness_spec), "robustness spec")
     n = evaluate_robustness(args.model_dir, args.store, args.split, args.out, r["corruptions"], r["severities"],
                             seed=r["seed"], metric=r["metric"], settings=_run_settings(args))
@@ -503,16 +534,24 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         limit_threads(args.threads)
     from medkd.errors import InputError
+    from medkd.integrity import with_hint
+    from medkd.io import is_disk_full
 
     log = logging.getLogger("medkd")
     try:
         args.func(args)
     except (InputError, FileNotFoundError) as exc:  # bad input: one line naming the file/key and the problem
-        log.error("%s failed: %s", args.command, exc)
+        log.error("%s failed: %s", args.command, with_hint(str(exc)))
         log.debug("traceback", exc_info=True)
         return 2
     except ValueError as exc:  # usually bad data; the traceback goes to the job's log in case it is a bug
-        log.error("%s failed: %s", args.command, exc, exc_info=True)
+        log.error("%s failed: %s", args.command, with_hint(str(exc)), exc_info=True)
+        return 2
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        log.error("%s failed: no space left on device (%s); outputs are written under temporary names and "
+                  "were removed. Free space and re-run the same command.", args.command, exc)
         return 2
     logging.getLogger("medkd").info("%s done in %.1f s", args.command, time.perf_counter() - t0)
     return 0

@@ -82,9 +82,17 @@ def validate_part(pointer: str, instance: dict, source: str) -> dict:
     return instance
 
 
+_SCHEMA_CACHE: dict = {}
+
+
 def load_schema() -> dict:
-    with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+    """The config schema (parsed once per process and file version; a copy per call)."""
+    stat = SCHEMA_PATH.stat()
+    key = (stat.st_mtime_ns, stat.st_size)
+    if _SCHEMA_CACHE.get("key") != key:
+        with open(SCHEMA_PATH) as fh:
+            _SCHEMA_CACHE.update(key=key, schema=yaml.safe_load(fh))
+    return copy.deepcopy(_SCHEMA_CACHE["schema"])
 
 
 def _read_yaml(path: Path) -> dict:
@@ -102,6 +110,11 @@ def _read_yaml(path: Path) -> dict:
 
 def _merge_includes(cfg: dict, root: Path, seen: tuple = ()) -> dict:
     """Merge the ``datasets`` and ``experiments`` of every ``include`` file under ``cfg`` (cfg wins)."""
+    for key in ("datasets", "experiments"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise ConfigError(f"invalid config at '{key}': must be a mapping, got {type(cfg[key]).__name__}")
+    if not isinstance(cfg.get("include", []), list) or not all(isinstance(i, str) for i in cfg.get("include", [])):
+        raise ConfigError("invalid config at 'include': must be a list of file names or patterns")
     merged = {"datasets": {}, "experiments": {}}
     paths = []
     for rel in cfg.get("include", []):
@@ -193,16 +206,80 @@ def _check_references(cfg: dict, source: str) -> None:
                     raise ConfigError(f"{mwhere}/train/select/term: {err}") from None
             elif "term" in select:
                 raise ConfigError(f"{mwhere}/train/select/term: only with metric val_term")
+            _check_name(model["arch"], "model", f"{mwhere}/arch")
             for i, term in enumerate(model["losses"]):
-                for teacher in _as_list(term.get("teacher")):
+                _check_name(term["loss"], "loss", f"{mwhere}/losses/{i}/loss")
+                teachers = _as_list(term.get("teacher"))
+                for teacher in teachers:
                     if teacher not in model["teachers"]:
                         raise ConfigError(
                             f"{mwhere}/losses/{i}/teacher: {teacher!r} is not among this model's teachers {model['teachers']}"
                         )
+                _check_taps(term, "student_tap", f"{mwhere}/losses/{i}/student_tap", None)
+                if teachers:
+                    for teacher in teachers:
+                        _check_taps(term, "teacher_tap", f"{mwhere}/losses/{i}/teacher_tap", models[teacher])
         unknown = sorted(set(exp.get("resources", {}).get("models", {})) - set(models))
         if unknown:
             raise ConfigError(f"{where}/resources/models: unknown models {unknown}")
         _check_init_cycles(models, where)
+
+
+# Keys a teacher cache holds besides its uncertainty maps (medkd.cache): segmentation logits, or the
+# reconstructed image.
+CACHE_MAIN_KEYS = ("logits", "output")
+_MODULE_PATH = __import__("re").compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+
+
+def _check_name(name: str, kind: str, where: str) -> None:
+    """``name`` is registered in the ``kind`` registry (found statically: no torch import)."""
+    known = _registered(kind)
+    if known and name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=1)
+        raise ConfigError(f"{where}: unknown {kind} {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; known: {', '.join(sorted(known))}")
+
+
+_REGISTERED: dict = {}
+
+
+def _registered(kind: str) -> dict:
+    """Registered names of a registry, read statically once per process (medkd.codehash.registered)."""
+    if kind not in _REGISTERED:
+        from medkd.codehash import registered
+
+        _REGISTERED[kind] = registered(kind)
+    return _REGISTERED[kind]
+
+
+def _check_taps(term: dict, key: str, where: str, teacher: dict | None) -> None:
+    """Tap syntax at planning time: ``out``, ``out:<key>``, ``cache:<key>`` (teacher taps only, a key the
+    teacher's cache holds) or a module path (``encoders.1``). Whether a module path exists in the network
+    is checked when the job builds the model (``medkd.distill.taps`` names the missing module)."""
+    taps = _as_list(term.get(key))
+    if not taps:
+        raise ConfigError(f"{where}: empty tap list")
+    for tap in taps:
+        if not isinstance(tap, str) or not tap:
+            raise ConfigError(f"{where}: a tap must be a non-empty string, got {tap!r}")
+        if tap == "out":
+            continue
+        head, sep, rest = tap.partition(":")
+        if sep:
+            if head == "out" and _MODULE_PATH.fullmatch(rest):
+                continue
+            if head == "cache" and teacher is not None:
+                keys = set(CACHE_MAIN_KEYS) | set(teacher.get("cache", {}).get("uncertainty", []))
+                if rest in keys:
+                    continue
+                raise ConfigError(f"{where}: {tap!r}: the teacher cache holds {sorted(keys)} (set the teacher's "
+                                  "cache.uncertainty to add maps)")
+            raise ConfigError(f"{where}: {tap!r} is not a tap: use out, out:<key>, "
+                              + ("cache:<key> or " if teacher is not None else "") + "a module path")
+        if not _MODULE_PATH.fullmatch(tap):
+            raise ConfigError(f"{where}: {tap!r} is not a module path (e.g. encoders.1)")
 
 
 def _check_init_cycles(models: dict, where: str) -> None:

@@ -142,7 +142,8 @@ def load_reconstruction(kspace_path: str | Path, cases: list[str], numpy: bool =
     return SliceData(tensors=arrays if numpy else _as_tensors(arrays), case_ids=case_ids, slice_ids=slice_ids, spacing=spacing)
 
 
-def attach_cache(data: SliceData, teacher: str, cache_path: str | Path, keys: list[str]) -> None:
+def attach_cache(data: SliceData, teacher: str, cache_path: str | Path, keys: list[str],
+                 spec_hash: str | None = None) -> None:
     """Add a teacher's cached maps (``keys``, e.g. logits/entropy) aligned with ``data``'s slices.
 
     Raises:
@@ -151,8 +152,14 @@ def attach_cache(data: SliceData, teacher: str, cache_path: str | Path, keys: li
     import h5py
     import torch
 
+    from medkd.integrity import corrupt, reading
+
     per_key: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    with h5py.File(cache_path, "r") as fh:
+    with reading(cache_path, "teacher cache"), h5py.File(cache_path, "r") as fh:
+        recorded = fh.attrs.get("spec_hash")
+        if spec_hash is not None and recorded != spec_hash:
+            raise corrupt(cache_path, f"teacher cache was written for spec hash {recorded!r}, but teacher "
+                                      f"{teacher!r} now has spec hash {spec_hash!r}")
         for cid, positions in _case_runs(data):
             grp = fh.get(f"cases/{cid}")
             if grp is None:
@@ -180,8 +187,11 @@ def load_split(spec, store: str | Path, split_path: str | Path, split_name: str,
     labels mapped to the spec's classes (segmentation) or k-space inputs (reconstruction)."""
     from medkd.data.splits import cases_for, read_split
 
+    from medkd.integrity import reading
+
     cases = cases_for(read_split(split_path), split_name)
-    if spec.is_segmentation:
-        return load_segmentation(store, cases, list(spec.channels),
-                                 {k: list(v) for k, v in spec.classes.items()}, numpy=numpy)
-    return load_reconstruction(store, cases, numpy=numpy)
+    with reading(store, "slice store" if spec.is_segmentation else "k-space store"):
+        if spec.is_segmentation:
+            return load_segmentation(store, cases, list(spec.channels),
+                                     {k: list(v) for k, v in spec.classes.items()}, numpy=numpy)
+        return load_reconstruction(store, cases, numpy=numpy)

@@ -37,12 +37,14 @@ from medkd.io import atomic_path, read_json
 from medkd.datasets import load_split
 from medkd.spec import ModelSpec
 
-COLUMNS = ["experiment", "model", "seed", "case", "class", "metric", "convention", "value"]
+from medkd.integrity import METRIC_COLUMNS as COLUMNS  # noqa: E402
 
 
 def _predictions(path: str | Path) -> tuple[dict, dict, dict]:
     """(root attrs, {case: pred}, {case: logit}) of a predictions file (logits only for one-logit models)."""
-    with h5py.File(path, "r") as fh:
+    from medkd.integrity import reading
+
+    with reading(path, "predictions file"), h5py.File(path, "r") as fh:
         attrs = dict(fh.attrs)
         preds = {cid: fh[f"cases/{cid}/pred"][()] for cid in fh["cases"]}
         logits = {cid: fh[f"cases/{cid}/logit"][()] for cid in fh["cases"] if "logit" in fh[f"cases/{cid}"]}

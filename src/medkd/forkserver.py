@@ -87,6 +87,11 @@ def _run_job(request: dict, fds: list[int]) -> None:
     for name in [m for m in sys.modules if m == "medkd" or m.startswith("medkd.")]:
         del sys.modules[name]  # the job imports medkd afresh from its own PYTHONPATH
     sys.argv = ["medkd", *request["argv"]]
+    try:  # `ps`/`top` show the step (all jobs share the server's command line)
+        with open("/proc/self/comm", "w") as fh:
+            fh.write(f"medkd:{request['argv'][0] if request['argv'] else ''}"[:15])
+    except OSError:
+        pass
     code = 1
     try:
         from medkd.cli import main
@@ -105,8 +110,21 @@ def _run_job(request: dict, fds: list[int]) -> None:
     os._exit(int(code))
 
 
-def _handle(conn: socket.socket) -> None:
-    """In the forked handler: receive the request, fork the job, wait for it or for the client to go."""
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _handle(conn: socket.socket, owner: int | None = None) -> None:
+    """In the forked handler: receive the request, fork the job, wait for it, for the client to go or
+    for the ``owner`` (Snakemake) to die; in the last two cases the job is killed."""
     msg, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
     request = json.loads(_recv_exact(conn, _HEADER.unpack(msg)[0]))
     pid = os.fork()
@@ -123,7 +141,7 @@ def _handle(conn: socket.socket) -> None:
         if done:
             status = os.waitstatus_to_exitcode(raw)
             break
-        if sel.select(timeout=0.05):  # readable = the client closed: cancel the job
+        if sel.select(timeout=0.05) or not _alive(owner):  # client closed, or Snakemake is gone: cancel the job
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 5
             while not os.waitpid(pid, os.WNOHANG)[0]:
@@ -177,7 +195,7 @@ def serve(path: str, parent: int | None = None) -> None:
             if pid == 0:
                 server.close()
                 try:
-                    _handle(conn)
+                    _handle(conn, parent)
                 finally:
                     os._exit(1)
             conn.close()

@@ -1,7 +1,10 @@
 """Small file helpers shared by every stage: atomic writes and JSON/JSONL.
 
 Every output is written to a temporary name in the destination directory and renamed when complete, so
-an interrupted job never leaves a half-written file under the final name.
+an interrupted job never leaves a half-written file under the final name. A job killed with SIGKILL
+cannot delete its temporary file; the next atomic write in the same directory removes every
+``.<name>.tmp-<pid>`` whose process is gone (:func:`remove_stale_tmps`), so a re-run leaves none behind.
+A full disk (ENOSPC) while writing deletes the temporary file and raises :class:`DiskFullError`.
 """
 
 from __future__ import annotations
@@ -12,20 +15,78 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from medkd.errors import InputError
+
+TMP_MARK = ".tmp-"
+
+
+class DiskFullError(InputError):
+    """No space left (or quota exceeded) while writing an output; nothing was written under its name."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmps(directory: str | Path) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_path` in ``directory`` whose writer process is gone
+    (a killed job); returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(".") or TMP_MARK not in name:
+            continue
+        pid = name.rsplit(TMP_MARK, 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_tmps(path.parent)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_disk_full(exc):
+            raise DiskFullError(f"{path}: no space left on device while writing it (nothing was written under "
+                                f"this name); free space on {path.parent} and re-run") from exc
         raise
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, also when a library (h5py, torch) wraps it in another exception."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -35,7 +96,11 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path) as fh:
+    """Parse a JSON file; a truncated or altered file raises :class:`medkd.integrity.CorruptFileError`
+    naming it and the command that rebuilds it."""
+    from medkd.integrity import reading
+
+    with reading(path, "JSON file"), open(path) as fh:
         return json.load(fh)
 
 
@@ -51,7 +116,10 @@ def read_jsonl(path: str | Path) -> list:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from medkd.integrity import reading
+
+    with reading(path, "JSON-lines file"):
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _json_default(obj):

@@ -424,6 +424,10 @@ def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_di
     optionally stats, the comparisons CSV) to paths; ``health_cfg`` and ``stats_cfg`` are the config's
     ``health`` and ``stats`` entries (defaults: :data:`medkd.health.HEALTH_DEFAULTS`,
     :data:`medkd.stats.STATS_DEFAULTS`)."""
+    from medkd.integrity import METRIC_COLUMNS as COLUMNS, check_metrics_csv
+
+    for p in metric_csvs:  # a truncated or altered metrics file stops the stage, naming it
+        check_metrics_csv(p, COLUMNS)
     metrics = pd.concat([pd.read_csv(p) for p in metric_csvs], ignore_index=True)
     scfg = {**_stats.STATS_DEFAULTS, **(stats_cfg or {})}
     comparisons = _stats.compare_experiment(exp_name, exp_cfg, metrics, n_resamples=scfg["n_resamples"],
@@ -470,7 +474,15 @@ def collect(tables: list[str | Path], runs_json: str | Path, out_csv: str | Path
     MLflow run ids of each row; write the health summary of every model to ``health_md`` (default:
     ``health.md`` beside ``out_csv``)."""
     runs = read_json(runs_json)
-    df = pd.concat([pd.read_csv(p) for p in tables], ignore_index=True)
+    from medkd.integrity import reading
+
+    frames = []
+    for p in tables:
+        with reading(p, "experiment table"):
+            frames.append(pd.read_csv(p))
+            if not {"experiment", "model", "seeds", "mean"} <= set(frames[-1].columns):
+                raise ValueError(f"columns {list(frames[-1].columns)[:5]}... lack experiment/model/seeds/mean")
+    df = pd.concat(frames, ignore_index=True)
     if robustness:
         df = pd.concat([df] + [robustness_rows(p, df) for p in robustness], ignore_index=True)
     df["mlflow_run_ids"] = [

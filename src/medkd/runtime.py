@@ -96,13 +96,32 @@ def load_trained(model_dir: str | Path, device: torch.device | str = "cpu",
                  settings: RunSettings | None = None) -> tuple[nn.Module, ModelSpec]:
     """The best weights of a finished model directory (``model.pt``), in eval mode, and its spec
     (from ``config.json``), in the memory layout of ``settings``."""
+    from medkd.integrity import reading
+
     model_dir = Path(model_dir)
-    spec = ModelSpec.from_dict(read_json(model_dir / "config.json")["spec"])
+    cfg = read_json(model_dir / "config.json")
+    with reading(model_dir / "config.json", "model config"):
+        spec = ModelSpec.from_dict(cfg["spec"])
     model = build_from_spec(spec)
-    state = torch.load(model_dir / "model.pt", map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    state = load_weights(model_dir, device)
+    with reading(model_dir / "model.pt", "checkpoint"):
+        model.load_state_dict(state)
     model = model.to(device).eval()
     return (settings.prepare(model) if settings is not None else model), spec
+
+
+def load_weights(model_dir: str | Path, device: torch.device | str = "cpu") -> dict:
+    """``model.pt`` of a finished model directory, checked against the SHA-256 its ``summary.json``
+    records (:mod:`medkd.integrity`): an altered or truncated checkpoint is an error naming the file."""
+    from medkd.integrity import check_sha256, reading
+
+    model_dir = Path(model_dir)
+    summary_path = model_dir / "summary.json"
+    if summary_path.exists():
+        summary = read_json(summary_path)
+        check_sha256(model_dir / "model.pt", summary.get("model_sha256"), str(summary_path))
+    with reading(model_dir / "model.pt", "checkpoint"):
+        return torch.load(model_dir / "model.pt", map_location=device, weights_only=True)
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:

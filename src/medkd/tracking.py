@@ -83,6 +83,9 @@ def term_metric(part: str) -> str:
 
 def test_metrics(metrics_csv: str | Path) -> dict[str, float]:
     """``test.<convention>.<class>.<metric>`` -> mean over cases (NaN cases excluded) of one seed."""
+    from medkd.integrity import METRIC_COLUMNS, check_metrics_csv
+
+    check_metrics_csv(metrics_csv, METRIC_COLUMNS)  # a truncated or altered CSV names itself, not a KeyError
     df = pd.read_csv(metrics_csv)
     out = {}
     for (conv, cls, metric), grp in df.groupby(["convention", "class", "metric"]):

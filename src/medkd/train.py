@@ -52,8 +52,9 @@ from medkd.models import count_parameters
 from medkd.objective import Objective
 from medkd.optim import build_optimizer, build_scheduler
 from medkd.provenance import environment_record
+from medkd.integrity import reading, sha256
 from medkd.runtime import (
-    RunSettings, autocast, build_from_spec, forward_model, grad_scaler, load_trained, to_device,
+    RunSettings, autocast, build_from_spec, forward_model, grad_scaler, load_trained, load_weights, to_device,
 )
 from medkd.spec import ModelSpec, term_keys
 
@@ -132,7 +133,9 @@ def attach_caches(spec: ModelSpec, inputs: TrainInputs, data: datasets.SliceData
         if teacher not in inputs.caches:
             raise ValueError(f"model {spec.model!r} reads cached outputs of {teacher!r} but no cache file was given")
         keys = sorted(t[6:] for t in taps[teacher] if t.startswith("cache:"))
-        datasets.attach_cache(data, teacher, inputs.caches[teacher], keys)
+        summary = inputs.teacher_summaries.get(teacher)
+        expected = read_json(summary).get("spec_hash") if summary is not None else None
+        datasets.attach_cache(data, teacher, inputs.caches[teacher], keys, spec_hash=expected)
 
 
 def selection(spec: ModelSpec) -> tuple[str, str]:
@@ -185,7 +188,7 @@ def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device,
 
     model = build_from_spec(spec).to(device)
     if inputs.init_dir is not None:
-        model.load_state_dict(torch.load(Path(inputs.init_dir) / "model.pt", map_location=device, weights_only=True))
+        model.load_state_dict(load_weights(Path(inputs.init_dir), device))
         log.info("initialised from %s", inputs.init_dir)
     model = settings.prepare(model)
     summaries = {name: read_json(path) for name, path in inputs.teacher_summaries.items()}
@@ -211,7 +214,8 @@ def resume(run: Run, out_dir: Path) -> TrainState:
     state = TrainState(generator=torch.Generator().manual_seed(run.seed))
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists():
-        ckpt = torch.load(last_path, map_location=run.device, weights_only=True)
+        with reading(last_path, "resume checkpoint"):
+            ckpt = torch.load(last_path, map_location=run.device, weights_only=True)
         if ckpt.get("spec_hash") == run.spec.hash and int(ckpt.get("seed", -1)) == run.seed and best_path.exists():
             run.model.load_state_dict(ckpt["model"])
             if run.optimizer is not None:
@@ -419,6 +423,7 @@ def finish(run: Run, state: TrainState, inputs: TrainInputs, settings: RunSettin
     write_json(out_dir / "env.json", {**environment_record(inputs.data_hash), "run_settings": settings.record()})
     with atomic_path(out_dir / "model.pt") as tmp:
         shutil.copyfile(best_path, tmp)
+    summary["model_sha256"] = sha256(out_dir / "model.pt")  # checked by every stage that loads model.pt
     write_json(out_dir / "summary.json", summary)
     return summary
 

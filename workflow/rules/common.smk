@@ -11,11 +11,15 @@ from functools import lru_cache  # noqa: E402
 from medkd import resources as _resources  # noqa: E402
 from medkd.codehash import code_hash  # noqa: E402
 from medkd.config import (  # noqa: E402
-    canonical_json, config_digest, experiment_seeds, load_config, model_spec as _model_spec,
+    ConfigError, canonical_json, config_digest, experiment_seeds, load_config, model_spec as _model_spec,
 )
 from medkd.spec import spec_hash  # noqa: E402
 
-CFG = load_config(config)
+try:
+    CFG = load_config(config)
+except ConfigError as _exc:  # a bad config stops planning with one line naming the key, before any job
+    print(f"medkd: invalid config: {_exc}", file=sys.stderr)
+    sys.exit(1)
 CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
 DATA_ROOT = CFG["data_root"]
 CONFIG_DIGEST = config_digest(CFG)
@@ -293,6 +297,13 @@ def start_forkserver():
             [str(Path(workflow.basedir) / "workflow/scripts/medkd"), "forkserver", sock, str(os.getpid())],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     os.environ["MEDKD_FORKSERVER"] = sock
+    # MEDKD_FORKSERVER_WAIT=<s>: wait (up to s seconds) until the server listens, so that every job runs in it
+    # (the fault-injection gauntlet uses it to kill jobs through their fork-server client).
+    import time
+
+    deadline = time.monotonic() + float(os.environ.get("MEDKD_FORKSERVER_WAIT", "0") or 0)
+    while time.monotonic() < deadline and not os.path.exists(sock) and _FORKSERVER["proc"].poll() is None:
+        time.sleep(0.05)
 
 
 def stop_forkserver():
@@ -303,3 +314,49 @@ def stop_forkserver():
             proc.wait(timeout=10)
         except Exception:
             proc.kill()
+
+
+# ------------------------------------------------------------------------------ stale locks of killed runs
+# Snakemake locks the working directory while it runs and refuses a second instance (two runs must not
+# write the same results/). A Snakemake killed with SIGKILL cannot remove its lock, and the next run would
+# be refused until `snakemake --unlock`. Every run registers itself (pid and process start time) under
+# .snakemake/medkd-owners/; a lock whose registered owners are all gone is stale and removed, a lock with
+# a live owner is left alone (so a concurrent run is still refused).
+_OWNERS = Path(".snakemake/medkd-owners")
+
+
+def _start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_alive(entry):
+    pid, _, started = entry.name.partition("-")
+    return pid.isdigit() and _start_time(int(pid)) == started
+
+
+def clear_stale_lock():
+    import os
+
+    locks = Path(".snakemake/locks")
+    owners = list(_OWNERS.glob("*-*")) if _OWNERS.is_dir() else []
+    if locks.is_dir() and any(locks.iterdir()) and owners and not any(_owner_alive(o) for o in owners):
+        for f in locks.iterdir():
+            f.unlink()
+        print(f"medkd: removed the stale lock of a killed Snakemake run (owners {[o.name for o in owners]} are gone)",
+              file=sys.stderr)
+    for o in owners:
+        if not _owner_alive(o):
+            o.unlink(missing_ok=True)
+    if not workflow.dryrun and _start_time(os.getpid()):
+        _OWNERS.mkdir(parents=True, exist_ok=True)
+        (_OWNERS / f"{os.getpid()}-{_start_time(os.getpid())}").touch()
+
+
+def release_owner():
+    import os
+
+    (_OWNERS / f"{os.getpid()}-{_start_time(os.getpid())}").unlink(missing_ok=True)

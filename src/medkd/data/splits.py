@@ -271,14 +271,18 @@ def read_split(path: str | Path) -> dict:
         FileNotFoundError: ``path`` does not exist.
         ValueError: not valid JSON or not a valid split (message names the file).
     """
+    from medkd.integrity import CorruptFileError, corrupt
+
     try:
         split = read_json(path)
+    except CorruptFileError:
+        raise
     except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError
-        raise ValueError(f"{path}: not a valid JSON split file ({exc})") from exc
+        raise corrupt(path, f"not a valid JSON split file ({exc})") from exc
     try:
         validate_split(split)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise corrupt(path, f"not a valid split ({exc})") from exc
     return split
 
 

@@ -35,10 +35,8 @@ that slice. The writer records no timestamps, so the same input gives the same f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,9 +102,9 @@ def write_store(path: str | Path, cases: Iterable[SliceCase], attrs: dict) -> No
     """
     path = Path(path)
     root_attrs = _validated_root_attrs(attrs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{path}.tmp-{os.getpid()}")
-    try:
+    from medkd.io import atomic_path
+
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=False) as fh:
             group = fh.create_group("cases")
             seen: set[str] = set()
@@ -124,11 +122,6 @@ def write_store(path: str | Path, cases: Iterable[SliceCase], attrs: dict) -> No
             fh.attrs["dataset"] = root_attrs["dataset"]
             for key in _JSON_ROOT_ATTRS:
                 fh.attrs[key] = json.dumps(root_attrs[key], sort_keys=True, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     log.info("wrote slice store %s (%d cases)", path, len(seen))
 
 
