@@ -35,12 +35,17 @@ PYTHON = "3.11"
 GROUPS = {
     "training": (
         ["fetch", "fetch_source", "convert", "split", "undersample", "train", "cache", "infer", "evaluate",
-         "robustness", "robustness_table"],
+         "robustness", "robustness_table", "panels"],
         ["torch", "numpy", "scipy", "nibabel", "SimpleITK", "h5py", "scikit-image", "pandas", "matplotlib",
          "pillow", "PyYAML", "jsonschema", "tqdm", "nilearn"],
     ),
+    # track logs each model with mlflow.pytorch, so it needs torch beside MLflow.
+    "tracking": (
+        ["track"],
+        ["torch", "numpy", "scipy", "pandas", "matplotlib", "mlflow", "PyYAML", "jsonschema", "h5py"],
+    ),
     "tables": (
-        ["tables", "paper_table", "track", "collect"],
+        ["tables", "paper_table", "collect", "report_pages", "paper_numbers", "overview"],
         ["numpy", "scipy", "pandas", "matplotlib", "mlflow", "PyYAML", "jsonschema"],
     ),
 }

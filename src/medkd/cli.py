@@ -120,7 +120,7 @@ def cmd_convert(args) -> None:
     from medkd.data.formats import convert_dataset
     from medkd.data.store import SliceStore
     from medkd.io import write_json
-    from medkd.provenance import file_md5
+    from medkd.io import file_md5
 
     from medkd.config import validate_part
 

@@ -121,7 +121,7 @@ def check_md5(path: str | Path, expected: str | None, source: str) -> None:
     """Raise :class:`CorruptFileError` when ``path``'s MD5 differs from ``expected`` (recorded in ``source``)."""
     if not expected:
         return
-    from medkd.provenance import file_md5
+    from medkd.io import file_md5
 
     actual = file_md5(path)
     if actual != expected:

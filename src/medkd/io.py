@@ -10,6 +10,7 @@ A full disk (ENOSPC) while writing deletes the temporary file and raises :class:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -130,3 +131,12 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
+    """MD5 hex digest of a file, read in chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -6,7 +6,6 @@ writes ``env.json`` (this module's :func:`environment_record`) and ``config.json
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import socket
@@ -15,15 +14,7 @@ import sys
 from pathlib import Path
 
 from medkd.config import REPO_ROOT
-
-
-def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
-    """MD5 hex digest of a file, read in chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+from medkd.io import file_md5  # noqa: F401  (re-exported for callers of provenance)
 
 
 def git_commit(root: Path = REPO_ROOT) -> dict:
@@ -41,22 +32,26 @@ def git_commit(root: Path = REPO_ROOT) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def environment_record(data_hash: str | None = None) -> dict:
-    """Versions, host, threads, git state and the data hash a job ran with."""
+def environment_record(data_hash: str | None = None, torch_module=None) -> dict:
+    """Versions, host, threads, git state and the data hash a job ran with.
+
+    ``torch_module``: the caller's ``torch`` (jobs that run a network pass it); this module never imports
+    torch itself, so the report and tracking steps that read provenance stay torch-free.
+    """
     import numpy
-    import torch
 
     import medkd
 
+    torch = torch_module
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "medkd": medkd.__version__,
-        "torch": torch.__version__,
+        "torch": torch.__version__ if torch else None,
         "numpy": numpy.__version__,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "torch_threads": torch.get_num_threads(),
+        "cuda": (torch.version.cuda if torch.cuda.is_available() else None) if torch else None,
+        "torch_threads": torch.get_num_threads() if torch else None,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "git": git_commit(),
         "data_hash": data_hash,

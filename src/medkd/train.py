@@ -420,7 +420,7 @@ def finish(run: Run, state: TrainState, inputs: TrainInputs, settings: RunSettin
     }
     write_json(out_dir / "config.json", {"spec": spec.to_dict(), "seed": run.seed, "spec_hash": spec.hash,
                                          "inputs": inputs.record()})
-    write_json(out_dir / "env.json", {**environment_record(inputs.data_hash), "run_settings": settings.record()})
+    write_json(out_dir / "env.json", {**environment_record(inputs.data_hash, torch), "run_settings": settings.record()})
     with atomic_path(out_dir / "model.pt") as tmp:
         shutil.copyfile(best_path, tmp)
     summary["model_sha256"] = sha256(out_dir / "model.pt")  # checked by every stage that loads model.pt

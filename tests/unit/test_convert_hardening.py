@@ -101,12 +101,12 @@ def test_fingerprint_json_carries_the_flag(tmp_path):
 
     src = _write(tmp_path / "ds", {"ok": _case(), "flat": _case(3.0)})
     fp = tmp_path / "fp.json"
-    main(["convert", "--dataset", "toy", "--convert-spec", json.dumps({"format": "msd", "size": [6, 6]}),
+    main(["convert", "--dataset", "toy", "--convert-spec", json.dumps({"format": "msd", "size": [8, 8]}),
           "--src", str(src), "--out", str(tmp_path / "out.h5"), "--fingerprint", str(fp)])
     data = json.loads(fp.read_text())
     assert data["constant_images"] == [{"case": "flat", "channels": [{"channel": "0", "value": 3.0}]}]
     # a clean dataset has an empty list
     src2 = _write(tmp_path / "ds2", {"ok": _case()})
-    main(["convert", "--dataset", "toy", "--convert-spec", json.dumps({"format": "msd", "size": [6, 6]}),
+    main(["convert", "--dataset", "toy", "--convert-spec", json.dumps({"format": "msd", "size": [8, 8]}),
           "--src", str(src2), "--out", str(tmp_path / "out2.h5"), "--fingerprint", str(fp)])
     assert json.loads(fp.read_text())["constant_images"] == []

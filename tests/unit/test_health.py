@@ -114,6 +114,9 @@ def make_experiment(tmp_path, teacher_dice, student_values, kd_values, kd_epochs
             (d / "env.json").write_text(json.dumps({"git": {"commit": "0123"}}))
             rows = per_case(model, {seed: vals})
             rows = pd.concat([rows, rows.assign(metric="hd95", value=10 - 5 * rows["value"])])
+            cost = rows.iloc[:1].assign(case="ALL", **{"class": "-"}, metric="latency_ms_per_slice",
+                                        convention="cost", value=1.0)
+            rows = pd.concat([rows, cost])  # evaluate's last row: the cost row marks a complete file
             p = tmp_path / f"results/e/metrics/{model}/seed{seed}.csv"
             p.parent.mkdir(parents=True, exist_ok=True)
             rows.to_csv(p, index=False)

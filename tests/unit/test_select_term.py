@@ -82,8 +82,13 @@ class FixedData:
 def fake_run(spec):
     model = nn.Conv2d(1, 1, 1)  # one logit channel (binary losses)
     objective = Objective(spec.losses)
-    return SimpleNamespace(model=model, val_data=FixedData(), spec=spec, device=torch.device("cpu"), teachers={},
-                           objective=objective, recorder=TapRecorder(model, objective.student_taps()))
+    from medkd.runtime import autocast, to_device
+
+    device = torch.device("cpu")
+    return SimpleNamespace(model=model, val_data=FixedData(), spec=spec, device=device, teachers={},
+                           objective=objective, recorder=TapRecorder(model, objective.student_taps()),
+                           to_device=lambda batch: to_device(batch, device),
+                           autocast=lambda: autocast(device, spec.train.precision))
 
 
 def test_validate_reports_every_term_unweighted_and_selects_on_the_named_one(raw, tmp_path):

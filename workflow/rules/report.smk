@@ -56,7 +56,7 @@ rule panels:
     log:
         "results/logs/panels/{exp}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd panels --experiment {wildcards.exp} --experiment-spec {params.spec:q}"
         " --model-dir {params.model_dir} --store {input.store} --split {input.split} --seed {params.seed}"
@@ -152,7 +152,7 @@ rule report_pages:
     log:
         "results/logs/report_pages/{exp}.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd report-pages --experiment {wildcards.exp} --experiment-spec {params.spec:q}"
         " --model-order {params.order} --table {input.table} --stats {input.stats} --verdicts {input.verdicts}"
@@ -176,7 +176,7 @@ rule paper_numbers:
     log:
         "results/logs/paper_numbers.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd paper-numbers --run-summary {params.run:q} --paper-config {input.paper_config}"
         " --not-reproduced {input.not_reproduced} --verdicts {input.verdicts} --csv {output.csv} --html {output.html}"
@@ -202,7 +202,7 @@ rule overview:
     log:
         "results/logs/overview.log",
     conda:
-        "../../envs/medkd.yaml"
+        "../../envs/tables.yaml"
     shell:
         "workflow/scripts/medkd overview --run-summary {params.run:q} --config-files {params.configfiles}"
         " --all {input.all} --paper-numbers {input.paper_numbers} --model-dirs {params.model_dirs}"

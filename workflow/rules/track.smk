@@ -22,7 +22,7 @@ rule track:
     log:
         "results/logs/track.log",
     conda:
-        "../../envs/tables.yaml"
+        "../../envs/tracking.yaml"
     shell:
         "workflow/scripts/medkd track --tracking-uri {params.uri} --prefix {params.prefix} --model-dirs {params.model_dirs}"
         " --metrics {input.metrics} --tables-dir results/tables --artifact-root results/mlflow/artifacts"
