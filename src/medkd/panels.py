@@ -159,7 +159,7 @@ def write_panels(exp_name: str, exp_cfg: dict, predictions: dict[str, str | Path
     what = "label maps" if seg else "images (top) and absolute error maps (bottom)"
     fig.suptitle(f"{exp_name}: test slices with the most foreground of the first {len(slices)} test case(s), "
                  f"{what}, seed {seed}", fontsize=8)
-    fig.tight_layout(rect=(0, 0.05 if seg else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.05 if seg else 0, 1, 1 - 0.35 / fig.get_figheight()))
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
