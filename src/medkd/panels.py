@@ -106,7 +106,7 @@ def write_panels(exp_name: str, exp_cfg: dict, predictions: dict[str, str | Path
     n_cols = 2 + len(models)
     rows_per = 1 if seg else 2
     n_rows = rows_per * len(slices)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.05 * n_rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.3 * n_rows + 0.6), squeeze=False)
     n_classes = len(exp_cfg.get("classes", {})) or 2
     base = plt.get_cmap("tab10")
     cmap = ListedColormap([(0, 0, 0, 1)] + [base(i % 10) for i in range(max(1, n_classes - 1))])
@@ -114,7 +114,10 @@ def write_panels(exp_name: str, exp_cfg: dict, predictions: dict[str, str | Path
         image = data.tensors["image"][pos][0]
         target = data.tensors["target"][pos]
         row = axes[r * rows_per]
-        row[0].imshow(image, cmap="gray")
+        if seg:
+            row[0].imshow(image, cmap="gray")
+        else:  # the input on the ground truth's scale, as the predictions
+            row[0].imshow(image, cmap="gray", vmin=0, vmax=float(target[0].max()) or 1.0)
         row[0].set_title(f"input\n{cid} slice {k}", fontsize=7)
         if seg:
             row[1].imshow(target, cmap=cmap, vmin=0, vmax=n_classes - 1, interpolation="nearest")
@@ -159,7 +162,7 @@ def write_panels(exp_name: str, exp_cfg: dict, predictions: dict[str, str | Path
     what = "label maps" if seg else "images (top) and absolute error maps (bottom)"
     fig.suptitle(f"{exp_name}: test slices with the most foreground of the first {len(slices)} test case(s), "
                  f"{what}, seed {seed}", fontsize=8)
-    fig.tight_layout(rect=(0, 0.05 if seg else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.05 if seg else 0, 1, 1 - 0.35 / fig.get_figheight()))
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

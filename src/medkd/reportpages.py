@@ -185,8 +185,8 @@ def _health_html(table: pd.DataFrame) -> str:
     items = []
     for r in first.to_dict("records"):
         names = r.get("health") if isinstance(r.get("health"), str) else ""
-        if names:
-            items.append(f"<li><b>{esc(r['model'])}</b>: {esc(names.replace(';', ', '))}: {esc(r.get('health_notes'))}</li>")
+        if names:  # health_notes: "flag: sentence" per flag
+            items.append(f"<li><b>{esc(r['model'])}</b>: {esc(r.get('health_notes') or names)}</li>")
     if not items:
         return "<p>No flag: every model passed every check.</p>"
     return "<ul>" + "".join(items) + "</ul>"
@@ -296,7 +296,8 @@ def no_code_path_rows(not_reproduced_md: str | Path) -> list[dict]:
 
 
 def _paper_short(citation: str) -> str:
-    return citation.split(".")[0].strip() if citation else ""
+    """``Murugesan et al. KD-MRI`` of ``Murugesan et al. KD-MRI: A knowledge ...``."""
+    return re.split(r"[:,(]", " ".join(citation.split()))[0].strip()[:60] if citation else ""
 
 
 def paper_numbers(run_cfg: dict, paper_cfg: dict, verdict_csvs: list, not_reproduced_md) -> pd.DataFrame:
@@ -349,9 +350,13 @@ def write_paper_numbers(run_cfg: dict, paper_cfg: dict, verdict_csvs: list, not_
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
     counts = verdict_counts(df)
-    shown = df.copy()
-    for c in ("ours", "ci_low", "ci_high"):
-        shown[c] = shown[c].map(lambda x: "" if pd.isna(x) else f"{x:.4g}")
+    shown = pd.DataFrame({
+        "paper": df["paper"], "setting": df["setting"], "model": df["model"], "metric": df["metric"],
+        "class": df["class"], "paper value": df["paper_value"].map(lambda x: "" if pd.isna(x) else f"{x:.4g}"),
+        "ours": df["ours"].map(lambda x: "" if pd.isna(x) else f"{x:.4g}"),
+        "95% CI (ours)": [f"[{lo:.4g}, {hi:.4g}]" if pd.notna(lo) else "" for lo, hi in zip(df["ci_low"], df["ci_high"])],
+        "verdict": df["verdict"], "experiment": df["experiment"], "convention": df["convention"],
+        "source": df["source"]})
     body = [f"<p>{len(df)} paper numbers: " + ", ".join(f"{esc(k)} {n}" for k, n in counts.items()) + ".</p>",
             "<p class=\"note\">The papers' numbers are the <code>reference</code> entries of the experiments "
             f"(the run's config and <code>{esc(paper_config_name)}</code>); docs/not_reproduced.md lists the numbers no "

@@ -1,13 +1,15 @@
 """The report and the MLflow UI, checked in a real browser (headless Chromium; see browser.py).
 
 Screenshots are saved under each test's tmp dir (pytest keeps the last three runs under
-/tmp/pytest-of-<user>/) and their paths printed (``pytest -s`` shows them).
+/tmp/pytest-of-<user>/) and their paths printed (``pytest -s`` shows them); with MEDKD_SCREENSHOTS=<dir>
+they are copied there too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +26,14 @@ from wfhelpers import VENV_BIN
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
+def _keep(shot: Path, what: str) -> None:
+    print(f"\n{what}: {shot}")
+    if os.environ.get("MEDKD_SCREENSHOTS"):
+        dest = Path(os.environ["MEDKD_SCREENSHOTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, dest / shot.name)
+
+
 @pytest.fixture(autouse=True)
 def _browser_available():
     require_browser()  # skip before building anything when there is no browser
@@ -35,12 +45,19 @@ def _body_text(driver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
-def _open_result(driver, category: str, subcategory: str, label: str) -> None:
-    """Navigate as a user: category menu entry, subcategory, then the eye button of the labelled row."""
+def _show(driver, category: str, subcategory: str | None) -> None:
+    """Navigate as a user: back to the menu, the category's entry, then its subcategory (if it has several)."""
+    driver.execute_script("app.setView({navbarMode: 'menu'});")  # the home button of the breadcrumbs
+    click_text(driver, category)
+    if subcategory:
+        click_text(driver, subcategory)
+
+
+def _open_result(driver, category: str, subcategory: str | None, label: str) -> None:
+    """Open the labelled result of a category (its eye button), as a user does."""
     from selenium.webdriver.common.by import By
 
-    driver.execute_script("app.showCategory(arguments[0]);", category)  # the report's own links call this
-    click_text(driver, subcategory)
+    _show(driver, category, subcategory)
     row = wait_for(lambda: next((r for r in driver.find_elements(
         By.XPATH, f"//tr[td[normalize-space(text())='{label}']]") if r.is_displayed()), None),
         what=f"row {label!r} of {category}/{subcategory}")
@@ -85,7 +102,7 @@ def test_report_in_browser(tiny_report, tiny_workflow, tmp_path):
             assert driver.find_elements(By.XPATH, f"//table[@id='experiments']//a[normalize-space(.)='{exp}']"), exp
         shot = tmp_path / "report_landing.png"
         driver.save_screenshot(str(shot))
-        print(f"\nreport landing page: {shot}")
+        _keep(shot, "report landing page")
 
         menu = _body_text(driver)
         assert "Overview" in menu
@@ -114,10 +131,9 @@ def test_report_in_browser(tiny_report, tiny_workflow, tmp_path):
                     assert width > 400, width
                     shot = tmp_path / f"report_{exp}_panels.png"
                     driver.save_screenshot(str(shot))
-                    print(f"report panels of {exp}: {shot}")
+                    _keep(shot, f"report panels of {exp}")
             # one card per model, navigable by model
-            driver.execute_script("app.showCategory(arguments[0]);", exp)
-            click_text(driver, "Models")
+            _show(driver, exp, "Models")
             for m in models:
                 assert wait_for(lambda m=m: driver.find_elements(By.XPATH, f"//tr/td[starts-with(normalize-space(.), '{m}:')]"),
                                 what=f"model row {m}")
@@ -126,11 +142,7 @@ def test_report_in_browser(tiny_report, tiny_workflow, tmp_path):
             _open_result(driver, exp, "Models", label)
             info = _in_iframe(driver, lambda: _table_rows(driver, "model-info"), f"model card {kd}")
             assert ["KD method", ecfg["models"][kd]["kd_method"]] in info
-        driver.execute_script("app.showCategory('Overview');")
-        row = wait_for(lambda: next((r for r in driver.find_elements(
-            By.XPATH, "//tr[td[normalize-space(text())='paper numbers and verdicts']]") if r.is_displayed()), None),
-            what="the paper numbers row")
-        row.find_element(By.CSS_SELECTOR, "a[iconname='eye']").click()
+        _open_result(driver, "Overview", None, "paper numbers and verdicts")
         numbers = _in_iframe(driver, lambda: _table_rows(driver, "paper-numbers"), "paper numbers")
         col = numbers[0].index("verdict")
         kinds = {r[col].split(" (")[0] for r in numbers[1:]}
@@ -221,4 +233,4 @@ def test_mlflow_ui_lists_parent_and_child_runs(mlflow_ui, tiny_workflow, tmp_pat
         assert "6 matching runs" in text and "embedded" in text, text[:2000]
         shot = tmp_path / "mlflow_runs.png"
         driver.save_screenshot(str(shot))
-        print(f"\nMLflow runs page: {shot}")
+        _keep(shot, "MLflow runs page")

@@ -61,3 +61,22 @@ def test_paper_numbers_say_why_a_number_was_not_run(tmp_path):
     assert by_exp["b"].startswith("not run here (public data public")
     counts = verdict_counts(df)
     assert counts["within CI"] == 1 and counts["not run here"] == 2 and counts["no code path"] == len(rows)
+
+
+def test_paper_table_carries_the_verdicts(tmp_path):
+    rows = [{"experiment": "e", "model": m, "class": "fg", "metric": "dice", "convention": "engine", "mean": mean,
+             "sd": 0.01, "case_sd": 0.1, "paper_value": paper, "params": 100}
+            for m, mean, paper in (("s1", 0.5, 0.7), ("kd", 0.6, 0.62))]
+    pd.DataFrame(rows).to_csv(tmp_path / "e.csv", index=False)
+    v = [{"experiment": "e", "model": m, "class": "fg", "metric": "dice", "convention": "engine", "paper_value": p,
+          "source": "", "ours": o, "sd": 0.01, "n_cases": 4, "n_seeds": 2, "ci_low": lo, "ci_high": hi,
+          "ci_method": "x", "verdict": report.verdict(p, lo, hi)}
+         for m, p, o, lo, hi in (("s1", 0.7, 0.5, 0.45, 0.55), ("kd", 0.62, 0.6, 0.55, 0.65))]
+    pd.DataFrame(v).to_csv(tmp_path / "e_verdicts.csv", index=False)
+    cfg = {"task": "segmentation", "setting": "s", "models": {"s1": {}, "kd": {}},
+           "headline": {"class": "fg", "metrics": ["dice"]}}
+    df = report.paper_table("g", {"e": cfg}, {"e": tmp_path / "e.csv"}, tmp_path / "p.csv", tmp_path / "p.md",
+                            verdicts={"e": tmp_path / "e_verdicts.csv"})
+    assert list(df["dice_verdict"]) == ["outside CI", "within CI"]
+    md = (tmp_path / "p.md").read_text()
+    assert "0.500 ± 0.010 (0.700) outside CI [0.450, 0.550]" in md and "within CI [0.550, 0.650]" in md

@@ -40,8 +40,7 @@ rule tables:
 rule panels:
     input:
         predictions=lambda w: [f"results/{w.exp}/predictions/{m}/seed{first_seed(w.exp)}.h5" for m in panel_models(w.exp)],
-        store=lambda w: f"results/slices/{exp_dataset(w.exp)}.h5" if exp_cfg(w.exp)["task"] == "segmentation"
-        else store_path(w.exp),
+        store=lambda w: store_path(w.exp),
         split="results/splits/{exp}.json",
     output:
         png=report("results/figures/{exp}_panels.png", caption="../report/panels.rst", category="{exp}",
