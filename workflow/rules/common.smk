@@ -59,10 +59,9 @@ def _check_job_config():
                 f"medkd: this job sees config {CONFIG_DIGEST}, the Snakemake client that submitted it used {expected}: "
                 "the job was not given the client's config files (--configfiles)")
         logger.info(f"medkd config {CONFIG_DIGEST} (job)")
-    else:
+    else:  # the client (which executor runs the jobs is not known yet while the Snakefile is read)
         os.environ[CONFIG_DIGEST_VARIABLE] = CONFIG_DIGEST
-        if not workflow.local_exec:
-            logger.info(f"medkd config {CONFIG_DIGEST} (client, {len(CFG['experiments'])} experiments)")
+        logger.info(f"medkd config {CONFIG_DIGEST} (client, {len(CFG['experiments'])} experiments)")
 
 
 _check_job_config()
