@@ -10,6 +10,7 @@ rule cache:
     output:
         cache="results/{exp}/cache/{model}/seed{seed}.h5",
     params:
+        run=RUN_FLAGS,
         code=model_code("cache"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
     threads: NET_THREADS
@@ -21,4 +22,4 @@ rule cache:
         "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd cache --teacher-dir {params.model_dir} --store {input.store} --split {input.split}"
-        " --out {output.cache} {RUN_FLAGS} --threads {threads} > {log} 2>&1"
+        " --out {output.cache} {params.run} --threads {threads} > {log} 2>&1"

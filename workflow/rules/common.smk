@@ -23,16 +23,29 @@ except ConfigError as _exc:  # a bad config stops planning with one line naming 
 CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
 DATA_ROOT = CFG["data_root"]
 CONFIG_DIGEST = config_digest(CFG)
+CONFIG_DIGEST_VARIABLE = "MEDKD_CONFIG_DIGEST"  # set by the client, read by the jobs it submits
 
-# Run settings of the rules that run a network (medkd.runtime.RunSettings). They reach the command line through
-# this global, not through `params`, so changing them (CPU -> GPU, channels_last, ...) re-runs no job: Snakemake
-# tracks params values and the shell command's text, not the globals the command is formatted with. `threads`
-# is Snakemake's own `threads:` of those rules ({threads} in the command; --cpus-per-task on SLURM).
-RUN_FLAGS = " ".join(
-    [f"--device {CFG['device']}"]
-    + [flag for key, flag in (("channels_last", "--channels-last"), ("cudnn_benchmark", "--cudnn-benchmark"),
-                              ("deterministic", "--deterministic")) if CFG[key]]
-)
+class RunFlags:
+    """The run-settings flags (medkd.runtime.RunSettings) of the commands of the rules that run a network, as the
+    param `run`. It is an object Snakemake cannot serialise, and Snakemake leaves such params out of the values it
+    compares to decide a re-run: changing a run setting (CPU -> GPU, channels_last, ...) re-runs no job, while
+    every other param still does. `threads` is Snakemake's own `threads:` of those rules ({threads} in the
+    command; --cpus-per-task on SLURM), which Snakemake never compares either."""
+
+    def __init__(self, cfg):
+        flags = [f"--device {cfg['device']}"]
+        flags += [flag for key, flag in (("channels_last", "--channels-last"), ("cudnn_benchmark", "--cudnn-benchmark"),
+                                         ("deterministic", "--deterministic")) if cfg[key]]
+        self.text = " ".join(flags)
+
+    def __str__(self):
+        return self.text
+
+    def __repr__(self):
+        return f"RunFlags({self.text!r})"
+
+
+RUN_FLAGS = RunFlags(CFG)
 NET_THREADS = CFG["threads"]
 
 
@@ -46,16 +59,15 @@ def _check_job_config():
     from snakemake.logging import logger
 
     if workflow.remote_exec:
-        expected = os.environ.get("MEDKD_CONFIG_DIGEST")
+        expected = os.environ.get(CONFIG_DIGEST_VARIABLE)
         if expected and expected != CONFIG_DIGEST:
             raise WorkflowError(
                 f"medkd: this job sees config {CONFIG_DIGEST}, the Snakemake client that submitted it used {expected}: "
                 "the job was not given the client's config files (--configfiles)")
         logger.info(f"medkd config {CONFIG_DIGEST} (job)")
-    else:
-        os.environ["MEDKD_CONFIG_DIGEST"] = CONFIG_DIGEST
-        if not workflow.local_exec:
-            logger.info(f"medkd config {CONFIG_DIGEST} (client, {len(CFG['experiments'])} experiments)")
+    else:  # the client (which executor runs the jobs is not known yet while the Snakefile is read)
+        os.environ[CONFIG_DIGEST_VARIABLE] = CONFIG_DIGEST
+        logger.info(f"medkd config {CONFIG_DIGEST} (client, {len(CFG['experiments'])} experiments)")
 
 
 _check_job_config()
@@ -190,29 +202,29 @@ def train_extra_args(wildcards):
     return " ".join(args)
 
 
-def job_resources(rule):
+def job_resources(rule_name):
     """Snakemake resources of a rule's jobs, sized from the config (medkd.resources): runtime and mem_mb (the
     experiment's or model's `resources` entry, else scaled from the dataset's slices), times the attempt, and
     gpu for the rules that run a network unless the device is cpu."""
 
     def fingerprint(wildcards, input):
-        if rule == "train":
+        if rule_name == "train":
             return _resources.read_fingerprint(input.fingerprint, input.fingerprint)
-        if rule in ("cache", "infer", "evaluate", "robustness"):
+        if rule_name in ("cache", "infer", "evaluate", "robustness"):
             return _resources.read_fingerprint(f"results/slices/{exp_dataset(wildcards.exp)}.json", input.store)
         return None
 
     def mem_mb(wildcards, input, attempt):
         exp = wildcards.get("exp")
-        return _resources.mem_mb(CFG, rule, exp, wildcards.get("model"), attempt,
+        return _resources.mem_mb(CFG, rule_name, exp, wildcards.get("model"), attempt,
                                  fingerprint(wildcards, input) if exp else None)
 
     def runtime(wildcards, attempt):
-        return _resources.runtime(CFG, rule, wildcards.get("exp"), wildcards.get("model"), attempt)
+        return _resources.runtime(CFG, rule_name, wildcards.get("exp"), wildcards.get("model"), attempt)
 
     out = {"mem_mb": mem_mb, "runtime": runtime}
-    if rule in _resources.NETWORK_RULES:
-        out["gpu"] = _resources.gpu(CFG, rule)
+    if rule_name in _resources.NETWORK_RULES:
+        out["gpu"] = _resources.gpu(CFG, rule_name)
     return out
 
 
@@ -276,6 +288,7 @@ def kspace_spec(dataset, name):
 
 # ------------------------------------------------------------------------------ fork server (local runs)
 _FORKSERVER = {}
+FORKSERVER_VARIABLE = "MEDKD_FORKSERVER"  # the socket jobs connect to (workflow/scripts/medkd); "off" disables it
 
 
 def start_forkserver():
@@ -296,7 +309,7 @@ def start_forkserver():
         _FORKSERVER["proc"] = subprocess.Popen(
             [str(Path(workflow.basedir) / "workflow/scripts/medkd"), "forkserver", sock, str(os.getpid())],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    os.environ["MEDKD_FORKSERVER"] = sock
+    os.environ[FORKSERVER_VARIABLE] = sock
     # MEDKD_FORKSERVER_WAIT=<s>: wait (up to s seconds) until the server listens, so that every job runs in it
     # (the fault-injection gauntlet uses it to kill jobs through their fork-server client).
     import time

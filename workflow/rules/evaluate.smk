@@ -9,6 +9,7 @@ rule infer:
     output:
         predictions="results/{exp}/predictions/{model}/seed{seed}.h5",
     params:
+        run=RUN_FLAGS,
         code=model_code("infer"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
     threads: NET_THREADS
@@ -20,7 +21,7 @@ rule infer:
         "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd infer --model-dir {params.model_dir} --store {input.store} --split {input.split}"
-        " --out {output.predictions} {RUN_FLAGS} --threads {threads} > {log} 2>&1"
+        " --out {output.predictions} {params.run} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate:
@@ -57,6 +58,7 @@ rule robustness:
     output:
         scores="results/{exp}/robustness/{model}/seed{seed}.csv",
     params:
+        run=RUN_FLAGS,
         code=model_code("robustness"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         spec=lambda w: canonical_json(exp_cfg(w.exp)["robustness"]),
@@ -69,5 +71,5 @@ rule robustness:
         "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd robustness --model-dir {params.model_dir} --store {input.store} --split {input.split}"
-        " --robustness-spec {params.spec:q} --out {output.scores} {RUN_FLAGS} --threads {threads}"
+        " --robustness-spec {params.spec:q} --out {output.scores} {params.run} --threads {threads}"
         " > {log} 2>&1"

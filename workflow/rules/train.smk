@@ -9,6 +9,7 @@ rule train:
         model="results/{exp}/models/{model}/seed{seed}/model.pt",
         summary="results/{exp}/models/{model}/seed{seed}/summary.json",
     params:
+        run=RUN_FLAGS,
         code=model_code("train"),
         spec=spec_json,
         extra=train_extra_args,
@@ -25,4 +26,4 @@ rule train:
     shell:
         "workflow/scripts/medkd train --spec {params.spec:q} --seed {wildcards.seed} --store {input.store}"
         " --split {input.split} --fingerprint {input.fingerprint} {params.extra} --out {params.out}"
-        " {RUN_FLAGS} --threads {threads} > {log} 2>&1"
+        " {params.run} --threads {threads} > {log} 2>&1"
