@@ -35,8 +35,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_tmps(directory: str | Path) -> list[Path]:
-    """Delete the temporary files of :func:`atomic_path` in ``directory`` whose writer process is gone
-    (a killed job); returns what was removed."""
+    """Delete the temporary files (and folders) of :func:`atomic_path` in ``directory`` whose writer
+    process is gone (a killed job); returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -48,9 +48,14 @@ def remove_stale_tmps(directory: str | Path) -> list[Path]:
             continue
         pid = name.rsplit(TMP_MARK, 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False):  # a folder written then renamed (embedded generator)
+                import shutil
+
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            removed.append(Path(entry.path))
     return removed
 
 
