@@ -360,7 +360,7 @@ def test_disk_full_under_snakemake_then_complete(tiny_workflow, tmp_path):
 def test_second_snakemake_is_refused_while_one_runs(wd):
     """Two invocations on one results/: the second is refused by Snakemake's lock and the first completes."""
     env = gauntlet.env()
-    cmd = gauntlet.command("tiny.yaml") + ["--forcerun", "train"]
+    cmd = gauntlet.command("tiny.yaml") + ["--forcerun", "tables"]
     first = subprocess.Popen(cmd, cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
