@@ -70,12 +70,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
+        # some writers (torch.save) do not say ENOSPC: a full filesystem, seen before the temporary file is
+        # removed, says it for them
+        full = isinstance(exc, Exception) and (is_disk_full(exc) or _nearly_full(path.parent))
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if is_disk_full(exc):
-            raise DiskFullError(f"{path}: no space left on device while writing it (nothing was written under "
-                                f"this name); free space on {path.parent} and re-run") from exc
+        if full:
+            raise DiskFullError(f"{path}: no space left on device while writing it ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); nothing was written under this name. Free space on "
+                                f"{path.parent} and re-run") from exc
         raise
+
+
+def _nearly_full(directory: Path, margin: int = 256 * 1024) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def is_disk_full(exc: BaseException) -> bool:
