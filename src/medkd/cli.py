@@ -514,8 +514,36 @@ def process_age() -> float | None:
         return None
 
 
+def _watch_snakemake() -> None:
+    """Local jobs of a Snakemake run (``MEDKD_SNAKEMAKE_PID=host:pid``, set by the Snakefile) end when that
+    Snakemake is gone, so a killed run leaves no orphan racing the next run's job. Not on other hosts
+    (SLURM jobs inherit the variable) and not inside SLURM allocations."""
+    import os
+    import signal
+    import socket
+    import threading
+
+    owner = os.environ.get("MEDKD_SNAKEMAKE_PID", "")
+    host, _, pid = owner.rpartition(":")
+    if not pid.isdigit() or host != socket.gethostname() or os.environ.get("SLURM_JOB_ID"):
+        return
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGKILL)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="medkd-watch-snakemake", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     startup = process_age()
+    _watch_snakemake()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)

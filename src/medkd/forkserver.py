@@ -163,12 +163,14 @@ def serve(path: str, parent: int | None = None) -> None:
     ``parent`` process (default: ours) exits or SIGTERM arrives."""
     import importlib
 
+    parent = parent or os.getppid()
     for name in PRELOAD:
+        if not _alive(parent):  # Snakemake died while we were importing: nothing to serve
+            return
         try:
             importlib.import_module(name)
         except ImportError:
             pass
-    parent = parent or os.getppid()
     if os.path.exists(path):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -36,8 +36,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_tmps(directory: str | Path) -> list[Path]:
-    """Delete the temporary files of :func:`atomic_path` in ``directory`` whose writer process is gone
-    (a killed job); returns what was removed."""
+    """Delete the temporary files (and folders) of :func:`atomic_path` in ``directory`` whose writer
+    process is gone (a killed job); returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -49,9 +49,14 @@ def remove_stale_tmps(directory: str | Path) -> list[Path]:
             continue
         pid = name.rsplit(TMP_MARK, 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False):  # a folder written then renamed (embedded generator)
+                import shutil
+
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            removed.append(Path(entry.path))
     return removed
 
 
@@ -66,12 +71,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
+        # some writers (torch.save) do not say ENOSPC: a full filesystem, seen before the temporary file is
+        # removed, says it for them
+        full = isinstance(exc, Exception) and (is_disk_full(exc) or _nearly_full(path.parent))
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if is_disk_full(exc):
-            raise DiskFullError(f"{path}: no space left on device while writing it (nothing was written under "
-                                f"this name); free space on {path.parent} and re-run") from exc
+        if full:
+            raise DiskFullError(f"{path}: no space left on device while writing it ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); nothing was written under this name. Free space on "
+                                f"{path.parent} and re-run") from exc
         raise
+
+
+def _nearly_full(directory: Path, margin: int = 256 * 1024) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -35,20 +35,19 @@ def _clone(src: Path, dest: Path) -> Path:
     return dest
 
 
-def _cli(wd: Path, argv: list[str], caplog) -> tuple[int, str]:
-    """Run `medkd <argv>` in-process in ``wd``; (exit code, logged text)."""
+def _cli(wd: Path, argv: list[str], capsys) -> tuple[int, str]:
+    """Run `medkd <argv>` in-process in ``wd``; (exit code, what it logged to stderr)."""
     from medkd.cli import main
 
-    caplog.clear()
+    capsys.readouterr()
     old = os.getcwd()
     os.chdir(wd)
     try:
-        with caplog.at_level(logging.INFO, logger="medkd"):
-            code = main(argv)
+        code = main(argv)
     finally:
         os.chdir(old)
         logging.getLogger().handlers.clear()
-    return code, caplog.text
+    return code, capsys.readouterr().err
 
 
 def _spec(wd: Path, model: str) -> str:
@@ -113,27 +112,27 @@ def _assert_clean_failure(code, text, names, *words):
     assert "Traceback" not in text.split("failed:")[-1].split("\n")[0]
 
 
-def test_truncated_slice_store_stops_training(wd, caplog):
+def test_truncated_slice_store_stops_training(wd, capsys):
     _truncate(wd / STORE)
     out = wd / "results/x/teacher"
     code, text = _cli(wd, ["train", "--spec", _spec(wd, "teacher"), "--seed", "0", "--store", STORE, "--split", SPLIT,
-                           "--fingerprint", "results/slices/embedded.json", "--out", str(out), "--device", "cpu"], caplog)
+                           "--fingerprint", "results/slices/embedded.json", "--out", str(out), "--device", "cpu"], capsys)
     _assert_clean_failure(code, text, STORE, "MD5", "--forcerun")
     _no_output(out / "model.pt")
 
 
-def test_altered_slice_store_is_detected_by_its_hash(wd, caplog):
+def test_altered_slice_store_is_detected_by_its_hash(wd, capsys):
     _flip(wd / STORE)
-    code, text = _cli(wd, _infer(), caplog)
+    code, text = _cli(wd, _infer(), capsys)
     _assert_clean_failure(code, text, STORE, "MD5", "summary.json")
     _no_output(wd / "results/x/pred.h5")
 
 
-def test_truncated_kspace_store_fails_clean(wd, caplog):
+def test_truncated_kspace_store_fails_clean(wd, capsys):
     spec = json.dumps({"kind": "cartesian_vd", "acceleration": 4, "centre_lines": 4, "axis": 0, "seed": 0,
                        "name": "m4"})
     ks = "results/kspace/embedded/m4.h5"
-    code, text = _cli(wd, ["undersample", "--mask-spec", spec, "--store", STORE, "--out", ks], caplog)
+    code, text = _cli(wd, ["undersample", "--mask-spec", spec, "--store", STORE, "--out", ks], capsys)
     assert code == 0, text
     _truncate(wd / ks)
     from medkd.config import load_config, model_spec
@@ -142,13 +141,13 @@ def test_truncated_kspace_store_fails_clean(wd, caplog):
     rspec = model_spec(cfg, "recon", "recon").to_json()
     out = wd / "results/x/recon"
     code, text = _cli(wd, ["train", "--spec", rspec, "--seed", "0", "--store", ks, "--split", SPLIT,
-                           "--out", str(out), "--device", "cpu"], caplog)
+                           "--out", str(out), "--device", "cpu"], capsys)
     _assert_clean_failure(code, text, ks, "k-space store", "undersample")
     _no_output(out / "model.pt")
 
 
 @pytest.mark.parametrize("how", ["truncate", "spec_hash"])
-def test_corrupt_cache_stops_the_student(wd, caplog, how):
+def test_corrupt_cache_stops_the_student(wd, capsys, how):
     cache = wd / "results/tiny/cache/teacher/seed0.h5"
     if how == "truncate":
         _truncate(cache)
@@ -161,30 +160,30 @@ def test_corrupt_cache_stops_the_student(wd, caplog, how):
     code, text = _cli(wd, ["train", "--spec", _spec(wd, "student_kd"), "--seed", "0", "--store", STORE,
                            "--split", SPLIT, "--cache", f"teacher={cache.relative_to(wd)}",
                            "--teacher-summary", f"teacher={TEACHER}/summary.json", "--out", str(out),
-                           "--device", "cpu"], caplog)
+                           "--device", "cpu"], capsys)
     _assert_clean_failure(code, text, "results/tiny/cache/teacher/seed0.h5",
                           "truncated or corrupt" if how == "truncate" else "spec hash")
     _no_output(out / "model.pt")
 
 
-def test_truncated_predictions_stop_evaluation(wd, caplog):
+def test_truncated_predictions_stop_evaluation(wd, capsys):
     pred = "results/tiny/predictions/teacher/seed0.h5"
     _truncate(wd / pred)
     code, text = _cli(wd, ["evaluate", "--predictions", pred, "--model-dir", TEACHER, "--store", STORE,
-                           "--split", SPLIT, "--out", "results/x/m.csv"], caplog)
+                           "--split", SPLIT, "--out", "results/x/m.csv"], capsys)
     _assert_clean_failure(code, text, pred, "predictions file", "infer")
     _no_output(wd / "results/x/m.csv")
 
 
 @pytest.mark.parametrize("how", ["truncate", "flip"])
-def test_corrupt_model_checkpoint_is_detected(wd, caplog, how):
+def test_corrupt_model_checkpoint_is_detected(wd, capsys, how):
     (_truncate if how == "truncate" else _flip)(wd / TEACHER / "model.pt")
-    code, text = _cli(wd, _infer(), caplog)
+    code, text = _cli(wd, _infer(), capsys)
     _assert_clean_failure(code, text, f"{TEACHER}/model.pt", "SHA-256")
     _no_output(wd / "results/x/pred.h5")
 
 
-def test_truncated_last_checkpoint_stops_resume(wd, caplog):
+def test_truncated_last_checkpoint_stops_resume(wd, capsys):
     out = wd / "results/x/teacher"
     out.mkdir(parents=True)
     for f in ("last.pt", "best.pt"):
@@ -196,27 +195,27 @@ def test_truncated_last_checkpoint_stops_resume(wd, caplog):
         (target / f).unlink()
     shutil.copy(out / "last.pt", target / "last.pt")
     code, text = _cli(wd, ["train", "--spec", _spec(wd, "teacher"), "--seed", "0", "--store", STORE, "--split", SPLIT,
-                           "--out", TEACHER, "--device", "cpu"], caplog)
+                           "--out", TEACHER, "--device", "cpu"], capsys)
     _assert_clean_failure(code, text, f"{TEACHER}/last.pt", "resume checkpoint", "restarts from epoch 0")
     _no_output(target / "model.pt")
 
 
-def test_truncated_summary_json_fails_clean(wd, caplog):
+def test_truncated_summary_json_fails_clean(wd, capsys):
     _truncate(wd / TEACHER / "summary.json")
-    code, text = _cli(wd, _infer(), caplog)
+    code, text = _cli(wd, _infer(), capsys)
     _assert_clean_failure(code, text, f"{TEACHER}/summary.json", "JSON file")
     _no_output(wd / "results/x/pred.h5")
 
 
-def test_truncated_split_fails_clean(wd, caplog):
+def test_truncated_split_fails_clean(wd, capsys):
     _truncate(wd / SPLIT)
-    code, text = _cli(wd, _infer(), caplog)
+    code, text = _cli(wd, _infer(), capsys)
     _assert_clean_failure(code, text, SPLIT, "split", "--forcerun")
     _no_output(wd / "results/x/pred.h5")
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.97])
-def test_truncated_metrics_csv_stops_tables(wd, caplog, keep):
+def test_truncated_metrics_csv_stops_tables(wd, capsys, keep):
     csvs = [f"results/tiny/metrics/{m}/seed0.csv" for m in ("teacher", "student", "student_kd")]
     _truncate(wd / csvs[1], keep)
     exp = json.dumps(json.loads(subprocess.run(
@@ -227,16 +226,16 @@ def test_truncated_metrics_csv_stops_tables(wd, caplog, keep):
                            "--model-order", "teacher", "student", "student_kd", "--model-dirs",
                            *[f"results/tiny/models/{m}/seed0" for m in ("teacher", "student", "student_kd")],
                            "--csv", f"{t}.csv", "--md", f"{t}.md", "--tex", f"{t}.tex", "--png", f"{t}.png",
-                           "--curves", f"{t}_c.png"], caplog)
+                           "--curves", f"{t}_c.png"], capsys)
     _assert_clean_failure(code, text, csvs[1], "metrics CSV", "evaluate")
     _no_output(wd / f"{t}.csv")
 
 
-def test_truncated_fingerprint_stops_split(wd, caplog):
+def test_truncated_fingerprint_stops_split(wd, capsys):
     _truncate(wd / "results/slices/embedded.json")
     code, text = _cli(wd, ["split", "--split-spec", json.dumps({"seed": 0, "fractions": {"train": 0.6, "val": 0.2,
                                                                                           "test": 0.2}}),
-                           "--fingerprint", "results/slices/embedded.json", "--out", "results/x/s.json"], caplog)
+                           "--fingerprint", "results/slices/embedded.json", "--out", "results/x/s.json"], capsys)
     _assert_clean_failure(code, text, "results/slices/embedded.json", "convert")
     _no_output(wd / "results/x/s.json")
 
@@ -245,12 +244,15 @@ def test_corrupt_store_in_the_dag_then_rebuild(wd):
     """Through Snakemake: a silently altered slice store stops the first job that reads it (the log names the
     file and the rebuild command), nothing downstream is written; following the hint completes the run."""
     _flip(wd / STORE)
+    before = {p: p.stat().st_mtime_ns for p in (wd / "results/tiny/predictions").rglob("*.h5")}
     proc = snakemake(["--cores", "2", "results/tables/all.csv", "--configfile", "tiny.yaml", "--forcerun", "infer"],
                      wd)
     assert proc.returncode != 0
     logs = "\n".join(p.read_text() for p in (wd / "results/logs/infer").rglob("*.log"))
     assert STORE in logs and "Rebuild it:" in logs and "MD5" in logs
-    assert not list((wd / "results/tiny/predictions").rglob("*.h5"))  # removed with the failed jobs, none rewritten
+    # the failed jobs' outputs are gone; a job Snakemake never started keeps its old file: none was rewritten
+    for p in (wd / "results/tiny/predictions").rglob("*.h5"):
+        assert before.get(p) == p.stat().st_mtime_ns, p
     (wd / STORE).unlink()
     proc = snakemake(["--cores", "2", "results/tables/all.csv", "--configfile", "tiny.yaml"], wd)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -298,13 +300,13 @@ def _no_partial(mnt: Path, names: list[str]) -> None:
     assert not left, left
 
 
-def test_disk_full_convert_train_cache_fail_clean_then_complete(wd, small_fs, caplog):
+def test_disk_full_convert_train_cache_fail_clean_then_complete(wd, small_fs, capsys):
     mnt = small_fs
     # convert: the slice store does not fit in 64 KiB
     c = json.dumps({"format": "msd", "size": [32, 32], "normalise": "zscore", "axis": 2, "min_foreground": 0.05})
     argv = ["convert", "--dataset", "embedded", "--convert-spec", c, "--src", "data/embedded",
             "--out", str(mnt / "embedded.h5"), "--fingerprint", str(mnt / "embedded.json")]
-    code, text = _cli(wd, argv, caplog)
+    code, text = _cli(wd, argv, capsys)
     assert code == 2 and "no space left on device" in text.lower(), text
     _no_partial(mnt, ["embedded.h5", "embedded.json"])
     # train: the checkpoints do not fit
@@ -312,21 +314,21 @@ def test_disk_full_convert_train_cache_fail_clean_then_complete(wd, small_fs, ca
     out = mnt / "teacher"
     targv = ["train", "--spec", _spec(wd, "teacher"), "--seed", "0", "--store", STORE, "--split", SPLIT,
              "--out", str(out), "--device", "cpu"]
-    code, text = _cli(wd, targv, caplog)
+    code, text = _cli(wd, targv, capsys)
     assert code == 2 and "no space left on device" in text.lower(), text
     assert not (out / "model.pt").exists() and not (out / "summary.json").exists()
     _no_partial(mnt, [])
     # cache: the teacher cache does not fit
     cargv = ["cache", "--teacher-dir", TEACHER, "--store", STORE, "--split", SPLIT, "--out", str(mnt / "cache.h5"),
              "--device", "cpu"]
-    code, text = _cli(wd, cargv, caplog)
+    code, text = _cli(wd, cargv, capsys)
     assert code == 2 and "no space left on device" in text.lower(), text
     _no_partial(mnt, ["cache.h5"])
     # space freed: the same commands complete, and training equals the uninterrupted run
     filler.unlink()
     subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
     for argv_ in (argv, targv, cargv):
-        code, text = _cli(wd, argv_, caplog)
+        code, text = _cli(wd, argv_, capsys)
         assert code == 0, text
     assert (out / "model.pt").read_bytes() == (wd / TEACHER / "model.pt").read_bytes()
     _no_partial(mnt, [])
@@ -361,7 +363,7 @@ def test_disk_full_under_snakemake_then_complete(tiny_workflow, tmp_path):
 def test_second_snakemake_is_refused_while_one_runs(wd):
     """Two invocations on one results/: the second is refused by Snakemake's lock and the first completes."""
     env = gauntlet.env()
-    cmd = gauntlet.command("tiny.yaml") + ["--forcerun", "train"]
+    cmd = gauntlet.command("tiny.yaml") + ["--forcerun", "tables"]
     first = subprocess.Popen(cmd, cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -382,16 +384,17 @@ def test_stale_lock_of_a_killed_snakemake_is_removed(wd):
     locks, owners = wd / ".snakemake/locks", wd / ".snakemake/medkd-owners"
     locks.mkdir(parents=True, exist_ok=True)
     owners.mkdir(parents=True, exist_ok=True)
-    (locks / "0.output.lock").write_text(str(wd / "results/tables/all.csv") + "\n")
+    (locks / "0.output.lock").write_text("results/tables/all.csv\n")  # what Snakemake writes: relative paths
     (locks / "0.input.lock").write_text("")
     with open(f"/proc/{os.getpid()}/stat") as fh:
         me = f"{os.getpid()}-{fh.read().rsplit(')', 1)[1].split()[19]}"
-    (owners / me).touch()  # a live owner: refused
-    proc = snakemake(["--cores", "1", "results/tables/all.csv", "--configfile", "tiny.yaml"], wd)
+    (owners / me).touch()  # a live owner: refused (Snakemake takes the lock only when it has jobs to run)
+    cmd = ["--cores", "1", "results/tables/all.csv", "--configfile", "tiny.yaml", "--forcerun", "collect"]
+    proc = snakemake(cmd, wd)
     assert proc.returncode != 0 and "cannot be locked" in proc.stdout + proc.stderr
     (owners / me).unlink()
     (owners / "999999999-1").touch()  # a dead owner: the stale lock is removed
-    proc = snakemake(["--cores", "1", "results/tables/all.csv", "--configfile", "tiny.yaml"], wd)
+    proc = snakemake(cmd, wd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "removed the stale lock" in proc.stderr
 

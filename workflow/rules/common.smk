@@ -296,11 +296,15 @@ def start_forkserver():
     imported torch once. Local runs only; MEDKD_FORKSERVER=off disables it. Jobs started before it is
     ready (it binds its socket after its imports) simply run on their own."""
     import os
+    import socket
     import subprocess
     import tempfile
 
-    if (os.environ.get("MEDKD_FORKSERVER") == "off" or not workflow.local_exec or workflow.remote_exec
-            or workflow.dryrun or os.environ.get("SLURM_JOB_ID")):
+    if not workflow.local_exec or workflow.remote_exec or workflow.dryrun or os.environ.get("SLURM_JOB_ID"):
+        return
+    # local jobs end themselves when this Snakemake is gone (killed): medkd.cli.main watches host:pid
+    os.environ["MEDKD_SNAKEMAKE_PID"] = f"{socket.gethostname()}:{os.getpid()}"
+    if os.environ.get("MEDKD_FORKSERVER") == "off":
         return
     sock = os.path.join(tempfile.gettempdir(), f"medkd-forkserver-{os.getpid()}.sock")
     log = Path("results/logs/forkserver.log")

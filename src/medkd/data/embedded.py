@@ -329,6 +329,10 @@ def generate_embedded(out_dir: str | Path, *, n_cases: int, seed: int, resolutio
     _check_replaceable(out_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    from medkd.io import remove_stale_tmps
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmps(out_dir.parent)  # the half-written folder of a killed generator
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -82,7 +82,7 @@ def write_store(path: str | Path, cases: Iterable[SliceCase], attrs: dict) -> No
     """Write a slice store atomically.
 
     ``cases`` may be a generator: cases are validated and written one at a time, so a dataset larger
-    than memory can be converted. The file is written to ``<path>.tmp-<pid>`` and renamed to ``path``
+    than memory can be converted. The file is written to ``.<name>.tmp-<pid>`` (:func:`medkd.io.atomic_path`) and renamed to ``path``
     only when complete; on any exception the temporary file is removed and the exception re-raised, so
     ``path`` is never left half-written (an existing ``path`` stays untouched). Root attributes are
     validated first and serialised after the last case, so a converter may still add to

@@ -43,7 +43,10 @@ class TapRecorder:
         for tap in sorted({t for t in taps if is_module_tap(t)}):
             if tap not in modules:
                 hint = [n for n in modules if tap.split(".")[-1] in n][:8]
-                raise KeyError(f"{type(model).__name__} has no module {tap!r} (similar: {hint})")
+                from medkd.registry import UnknownNameError  # an InputError and a KeyError: one line, exit 2
+
+                raise UnknownNameError(f"tap {tap!r}: {type(model).__name__} has no module {tap!r} (similar: {hint}); "
+                                       "fix the loss's student_tap/teacher_tap in the config")
             self._handles.append(modules[tap].register_forward_hook(self._hook(tap)))
 
     def _hook(self, name: str):
