@@ -23,7 +23,6 @@ Each training job's estimate is shown next to the runtime its SLURM job asks for
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,7 +284,7 @@ def format_plan(plan: Plan, per_model: bool = True) -> str:
     lines += ["", "Data (cases, 2-D slices):"]
     for ds, s in plan.sizes.items():
         lines.append(f"  {ds:<18}{_num(s.cases):>8}{_num(s.slices):>10}  {s.source}")
-    lines += ["", f"Training jobs (forward GFLOP per slice measured with FlopCounterMode; a step = 3 forward passes;",
+    lines += ["", "Training jobs (forward GFLOP per slice measured with FlopCounterMode; a step = 3 forward passes;",
               f"GPU-h at {plan.tflops:.3g} TFLOP/s {plan.tflops_source}, + {plan.overhead_min:g} min start-up per job):"]
     header = f"  {'experiment':<22}{'model':<17}{'GFLOP/slice':>12}{'epochs':>7}{'train sl.':>10}{'seeds':>6}" \
              f"{'GPU-h/job':>10}{'runtime':>9}"

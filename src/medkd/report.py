@@ -33,7 +33,7 @@ import pandas as pd
 
 from medkd import health as _health
 from medkd import stats as _stats
-from medkd.io import atomic_path, read_json, read_jsonl
+from medkd.io import atomic_path, read_json
 from medkd.stats import MAIN_METRICS, format_diff
 
 STATS_FIELDS = ["compared_to", "diff", "ci_low", "ci_high", "p", "p_holm", "stats_note"]
@@ -283,141 +283,6 @@ def table_notes(exp_cfg: dict, task: str) -> list[str]:
     return notes
 
 
-def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path], title: str,
-                    out_png: str | Path, out_curves: str | Path, metrics: pd.DataFrame | None = None) -> None:
-    """Bar chart of the first main metric per model and class (mean over seeds, error bar one sd over seeds,
-    a black point per seed: that seed's mean over test cases, from ``metrics``); validation curves per
-    model and seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = MAIN_METRICS[task][0]
-    sel = table[(table["metric"] == metric) & (table["convention"] == "engine")]
-    classes = list(dict.fromkeys(sel["class"]))
-    models = list(dict.fromkeys(sel["model"]))
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(models) * max(1, len(classes)) / 2 + 2), 3.5))
-    width = 0.8 / max(1, len(classes))
-    for i, cls in enumerate(classes):
-        grp = sel[sel["class"] == cls].set_index("model").reindex(models)
-        x = np.arange(len(models)) + i * width
-        ax.bar(x, grp["mean"], width, yerr=grp["sd"].fillna(0), label=cls, capsize=3)
-        if metrics is not None:
-            per = metrics[(metrics["metric"] == metric) & (metrics["convention"] == "engine")
-                          & (metrics["class"] == cls)].groupby(["model", "seed"], sort=True)["value"].mean()
-            for j, m in enumerate(models):
-                if m in per.index.get_level_values(0):
-                    ys = per.loc[m].to_numpy()
-                    offs = np.linspace(-width / 4, width / 4, len(ys)) if len(ys) > 1 else np.zeros(1)
-                    ax.scatter(x[j] + offs, ys, s=10, color="black", zorder=3,
-                               label="seed (mean over cases)" if (i == 0 and j == 0) else None)
-    ax.set_xticks(np.arange(len(models)) + width * (len(classes) - 1) / 2, models, rotation=20, ha="right")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    if len(classes) > 1 or metrics is not None:
-        ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for d in model_dirs:
-        cfg = read_json(Path(d) / "config.json")
-        hist = read_jsonl(Path(d) / "epochs.jsonl")
-        key = "val_dice" if task == "segmentation" else "val_mse"
-        ys = [h.get(key, h["val_loss"]) for h in hist]
-        ax.plot([h["epoch"] for h in hist], ys, marker="o", ms=3, label=f"{cfg['spec']['model']} s{cfg['seed']}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val_dice" if task == "segmentation" else "val_mse")
-    ax.set_title(f"{title}: validation")
-    ax.legend(fontsize="x-small", ncol=2)
-    fig.tight_layout()
-    with atomic_path(out_curves) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
-VERDICT_COLUMNS = ["experiment", "model", "class", "metric", "convention", "paper_value", "source", "ours", "sd",
-                   "n_cases", "n_seeds", "ci_low", "ci_high", "ci_method", "verdict"]
-
-
-def value_ci(values: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 9999,
-             seed: int = 0) -> tuple[float, float, str]:
-    """Percentile bootstrap interval of the mean of ``values`` (columns case, seed, value; NaN dropped).
-
-    Resamples test cases with replacement, each keeping all its seeds (:func:`medkd.stats.case_bootstrap`,
-    the clusters of the paired statistics); with a single case (or a pooled convention, case ``ALL``)
-    it resamples seeds; with one case and one seed there is no interval. Returns (low, high, method)."""
-    v = values[np.isfinite(values["value"].astype(float))]
-    level = f"{confidence:.0%}"
-    for unit, col in (("test cases (each with all its seeds)", "case"), ("seeds", "seed")):
-        if v[col].nunique() >= 2:
-            if v["value"].nunique() == 1:
-                x = float(v["value"].iloc[0])
-                return x, x, f"{level} bootstrap over {unit}: all values equal"
-            res = _stats.case_bootstrap(v[col].astype(str), v["value"].astype(float), confidence, n_resamples, seed)
-            return (float(res.confidence_interval.low), float(res.confidence_interval.high),
-                    f"{level} percentile bootstrap of the mean, resampling {unit}, {n_resamples} resamples")
-    return math.nan, math.nan, f"no interval: {v['case'].nunique()} case(s) x {v['seed'].nunique()} seed(s)"
-
-
-def verdict(paper: float, low: float, high: float) -> str:
-    """``within CI`` / ``outside CI`` of our interval, or ``no CI (...)`` when there is none."""
-    if math.isnan(low) or math.isnan(high):
-        return "no CI (fewer than 2 cases and 2 seeds)"
-    return "within CI" if low <= paper <= high else "outside CI"
-
-
-def paper_verdicts(exp_name: str, exp_cfg: dict, metrics: pd.DataFrame, table: pd.DataFrame,
-                   stats_cfg: dict | None = None) -> pd.DataFrame:
-    """One row per ``reference`` entry of the experiment: the paper's value, ours (the table's mean ± sd
-    over seeds), our interval (:func:`value_ci` on the per-case values of every seed) and the verdict."""
-    scfg = {**_stats.STATS_DEFAULTS, **(stats_cfg or {})}
-    rows = []
-    for ref in exp_cfg.get("reference", []):
-        model, metric = ref["model"], ref["metric"]
-        conv = ref.get("convention", "engine")
-        cls = ref.get("class") or next(iter(table.loc[(table["model"] == model) & (table["metric"] == metric)
-                                                      & (table["convention"] == conv), "class"]), "-")
-        sel = metrics[(metrics["model"] == model) & (metrics["metric"] == metric) & (metrics["convention"] == conv)
-                      & (metrics["class"].astype(str) == str(cls))]
-        trow = table[(table["model"] == model) & (table["metric"] == metric) & (table["convention"] == conv)
-                     & (table["class"].astype(str) == str(cls))]
-        base = {"experiment": exp_name, "model": model, "class": cls, "metric": metric, "convention": conv,
-                "paper_value": float(ref["value"]), "source": ref.get("source", "")}
-        if sel.empty or trow.empty:
-            rows.append({**base, "ours": math.nan, "sd": math.nan, "n_cases": 0, "n_seeds": 0, "ci_low": math.nan,
-                         "ci_high": math.nan, "ci_method": "", "verdict": "no value here (not scored in this run)"})
-            continue
-        low, high, method = value_ci(sel[["case", "seed", "value"]], scfg["confidence"], scfg["n_resamples"],
-                                     scfg["seed"])
-        t = trow.iloc[0]
-        rows.append({**base, "ours": float(t["mean"]), "sd": float(t["sd"]), "n_cases": int(t["n_cases"]),
-                     "n_seeds": int(t["n_seeds"]), "ci_low": low, "ci_high": high, "ci_method": method,
-                     "verdict": verdict(float(ref["value"]), low, high)})
-    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
-
-
-def verdicts_section(verdicts: pd.DataFrame) -> str:
-    """The "Paper numbers" list of an experiment's Markdown table (empty without ``reference``)."""
-    if not len(verdicts):
-        return ""
-    lines = ["### Paper numbers", "", "| model | class | metric | convention | paper | ours | 95% CI (ours) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in verdicts.to_dict("records"):
-        digits = 2 if r["metric"] in ("hd95", "psnr") else 3
-        ci = f"[{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]" if not math.isnan(r["ci_low"]) else "n/a"
-        lines.append("| " + " | ".join(md_escape(x) for x in (
-            r["model"], r["class"], r["metric"], r["convention"], f"{r['paper_value']:.{digits}f}",
-            _cell(r["ours"], r["sd"], math.nan, r["metric"]), ci, r["verdict"])) + " |")
-    methods = sorted({m for m in verdicts["ci_method"] if m})
-    lines += ["", "- Interval: " + md_escape("; ".join(methods) or "none") + ". Verdict: the paper's value inside or "
-              "outside our interval."]
-    return "\n".join(lines) + "\n"
-
-
 def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_dirs, out: dict,
                              health_cfg: dict | None = None, stats_cfg: dict | None = None) -> pd.DataFrame:
     """All outputs of the tables stage for one experiment. ``out`` maps csv/md/tex/png/curves (and
@@ -437,6 +302,9 @@ def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_di
     if out.get("stats"):
         with atomic_path(out["stats"]) as tmp:
             comparisons.to_csv(tmp, index=False)
+    from medkd.figures import plot_experiment
+    from medkd.verdicts import paper_verdicts, verdicts_section
+
     verdicts = paper_verdicts(exp_name, exp_cfg, metrics, table, stats_cfg)
     if out.get("verdicts"):
         with atomic_path(out["verdicts"]) as tmp:
@@ -528,6 +396,8 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
     rows = []
     for exp, cfg in exp_cfgs.items():
         t = pd.read_csv(tables[exp])
+        from medkd.verdicts import VERDICT_COLUMNS
+
         v = pd.read_csv(verdicts[exp]) if verdicts and exp in verdicts else pd.DataFrame(columns=VERDICT_COLUMNS)
         v_by = {(r["model"], str(r["class"]), r["metric"], r["convention"]): r for r in v.to_dict("records")}
         head = cfg.get("headline", {})

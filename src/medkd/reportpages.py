@@ -13,8 +13,8 @@ as data URIs), written from the files the tables, track and collect stages alrea
   ``models/<model>.html`` (one card per model: what it is, per-seed training and test figures, its MLflow
   runs and its loss-term curves) (:func:`write_experiment_pages`).
 
-Verdicts (:func:`medkd.report.verdict`): ``within CI`` / ``outside CI`` for numbers of experiments that
-ran (our 95 % bootstrap interval of the mean, :func:`medkd.report.value_ci`), ``not run here (data gated:
+Verdicts (:func:`medkd.verdicts.verdict`): ``within CI`` / ``outside CI`` for numbers of experiments that
+ran (our 95 % bootstrap interval of the mean, :func:`medkd.verdicts.value_ci`), ``not run here (data gated:
 <dataset>)`` for experiments of ``config/paper.yaml`` on gated data (download kind ``manual``) that this
 run did not include, ``not run here (...)`` for those on public data that it did not include, and ``no
 code path (why)`` for the numbers docs/not_reproduced.md lists under "Reported, but no config produces
@@ -92,7 +92,7 @@ def _fmt(v):
 
 
 def verdict_frame(v: pd.DataFrame) -> pd.DataFrame:
-    """The displayed columns of a verdicts CSV (:data:`medkd.report.VERDICT_COLUMNS`)."""
+    """The displayed columns of a verdicts CSV (:data:`medkd.verdicts.VERDICT_COLUMNS`)."""
     rows = []
     for r in v.to_dict("records"):
         d = 2 if r["metric"] in ("hd95", "psnr") else 3

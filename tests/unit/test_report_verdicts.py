@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from medkd import report
+from medkd import report, verdicts
 from medkd.reportpages import no_code_path_rows, paper_numbers, verdict_counts
 from medkd.config import REPO_ROOT
 
@@ -17,27 +17,27 @@ def _metrics(values: dict[tuple[str, int], float], model="m", metric="dice", cls
 
 def test_value_ci_resamples_cases_and_falls_back_to_seeds():
     vals = {(f"c{i}", s): 0.5 + 0.1 * i + 0.01 * s for i in range(4) for s in range(2)}
-    low, high, method = report.value_ci(_metrics(vals)[["case", "seed", "value"]], n_resamples=999)
+    low, high, method = verdicts.value_ci(_metrics(vals)[["case", "seed", "value"]], n_resamples=999)
     mean = np.mean(list(vals.values()))
     assert low < mean < high and "resampling test cases" in method
     one_case = _metrics({("c0", 0): 0.5, ("c0", 1): 0.7})[["case", "seed", "value"]]
-    low, high, method = report.value_ci(one_case, n_resamples=999)
+    low, high, method = verdicts.value_ci(one_case, n_resamples=999)
     assert 0.5 <= low <= high <= 0.7 and "resampling seeds" in method
-    low, high, method = report.value_ci(_metrics({("c0", 0): 0.5})[["case", "seed", "value"]])
+    low, high, method = verdicts.value_ci(_metrics({("c0", 0): 0.5})[["case", "seed", "value"]])
     assert math.isnan(low) and "1 case(s) x 1 seed(s)" in method
 
 
 def test_verdicts_within_outside_and_no_ci():
-    assert report.verdict(0.6, 0.5, 0.7) == "within CI"
-    assert report.verdict(0.8, 0.5, 0.7) == "outside CI"
-    assert report.verdict(0.8, math.nan, math.nan).startswith("no CI")
+    assert verdicts.verdict(0.6, 0.5, 0.7) == "within CI"
+    assert verdicts.verdict(0.8, 0.5, 0.7) == "outside CI"
+    assert verdicts.verdict(0.8, math.nan, math.nan).startswith("no CI")
     metrics = _metrics({(f"c{i}", 0): 0.5 + 0.05 * i for i in range(5)})
     table = report.aggregate([metrics])
     table["n_seeds"], table["sd"] = 1, math.nan
     cfg = {"reference": [{"model": "m", "metric": "dice", "class": "wm", "value": 0.6},
                          {"model": "m", "metric": "dice", "class": "wm", "value": 0.95},
                          {"model": "other", "metric": "dice", "class": "wm", "value": 0.9}]}
-    v = report.paper_verdicts("e", cfg, metrics, table, {"n_resamples": 999})
+    v = verdicts.paper_verdicts("e", cfg, metrics, table, {"n_resamples": 999})
     assert list(v["verdict"]) == ["within CI", "outside CI", "no value here (not scored in this run)"]
     assert math.isclose(v["ours"].iloc[0], 0.6)
 
@@ -70,7 +70,7 @@ def test_paper_table_carries_the_verdicts(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "e.csv", index=False)
     v = [{"experiment": "e", "model": m, "class": "fg", "metric": "dice", "convention": "engine", "paper_value": p,
           "source": "", "ours": o, "sd": 0.01, "n_cases": 4, "n_seeds": 2, "ci_low": lo, "ci_high": hi,
-          "ci_method": "x", "verdict": report.verdict(p, lo, hi)}
+          "ci_method": "x", "verdict": verdicts.verdict(p, lo, hi)}
          for m, p, o, lo, hi in (("s1", 0.7, 0.5, 0.45, 0.55), ("kd", 0.62, 0.6, 0.55, 0.65))]
     pd.DataFrame(v).to_csv(tmp_path / "e_verdicts.csv", index=False)
     cfg = {"task": "segmentation", "setting": "s", "models": {"s1": {}, "kd": {}},

@@ -1,0 +1,94 @@
+"""Every paper number gets a verdict: ours beside the paper's, with our 95 % interval.
+
+:func:`value_ci` is a bootstrap interval of our mean that resamples test cases, each with all its seeds
+(:func:`medkd.stats.case_bootstrap`); :func:`verdict` says whether the paper's value lies inside it;
+:func:`paper_verdicts` builds the ``<exp>_verdicts.csv`` rows and :func:`verdicts_section` their Markdown.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from medkd import stats as _stats
+from medkd.report import _cell, md_escape
+
+VERDICT_COLUMNS = ["experiment", "model", "class", "metric", "convention", "paper_value", "source", "ours", "sd",
+                   "n_cases", "n_seeds", "ci_low", "ci_high", "ci_method", "verdict"]
+
+
+def value_ci(values: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 9999,
+             seed: int = 0) -> tuple[float, float, str]:
+    """Percentile bootstrap interval of the mean of ``values`` (columns case, seed, value; NaN dropped).
+
+    Resamples test cases with replacement, each keeping all its seeds (:func:`medkd.stats.case_bootstrap`,
+    the clusters of the paired statistics); with a single case (or a pooled convention, case ``ALL``)
+    it resamples seeds; with one case and one seed there is no interval. Returns (low, high, method)."""
+    v = values[np.isfinite(values["value"].astype(float))]
+    level = f"{confidence:.0%}"
+    for unit, col in (("test cases (each with all its seeds)", "case"), ("seeds", "seed")):
+        if v[col].nunique() >= 2:
+            if v["value"].nunique() == 1:
+                x = float(v["value"].iloc[0])
+                return x, x, f"{level} bootstrap over {unit}: all values equal"
+            res = _stats.case_bootstrap(v[col].astype(str), v["value"].astype(float), confidence, n_resamples, seed)
+            return (float(res.confidence_interval.low), float(res.confidence_interval.high),
+                    f"{level} percentile bootstrap of the mean, resampling {unit}, {n_resamples} resamples")
+    return math.nan, math.nan, f"no interval: {v['case'].nunique()} case(s) x {v['seed'].nunique()} seed(s)"
+
+
+def verdict(paper: float, low: float, high: float) -> str:
+    """``within CI`` / ``outside CI`` of our interval, or ``no CI (...)`` when there is none."""
+    if math.isnan(low) or math.isnan(high):
+        return "no CI (fewer than 2 cases and 2 seeds)"
+    return "within CI" if low <= paper <= high else "outside CI"
+
+
+def paper_verdicts(exp_name: str, exp_cfg: dict, metrics: pd.DataFrame, table: pd.DataFrame,
+                   stats_cfg: dict | None = None) -> pd.DataFrame:
+    """One row per ``reference`` entry of the experiment: the paper's value, ours (the table's mean ± sd
+    over seeds), our interval (:func:`value_ci` on the per-case values of every seed) and the verdict."""
+    scfg = {**_stats.STATS_DEFAULTS, **(stats_cfg or {})}
+    rows = []
+    for ref in exp_cfg.get("reference", []):
+        model, metric = ref["model"], ref["metric"]
+        conv = ref.get("convention", "engine")
+        cls = ref.get("class") or next(iter(table.loc[(table["model"] == model) & (table["metric"] == metric)
+                                                      & (table["convention"] == conv), "class"]), "-")
+        sel = metrics[(metrics["model"] == model) & (metrics["metric"] == metric) & (metrics["convention"] == conv)
+                      & (metrics["class"].astype(str) == str(cls))]
+        trow = table[(table["model"] == model) & (table["metric"] == metric) & (table["convention"] == conv)
+                     & (table["class"].astype(str) == str(cls))]
+        base = {"experiment": exp_name, "model": model, "class": cls, "metric": metric, "convention": conv,
+                "paper_value": float(ref["value"]), "source": ref.get("source", "")}
+        if sel.empty or trow.empty:
+            rows.append({**base, "ours": math.nan, "sd": math.nan, "n_cases": 0, "n_seeds": 0, "ci_low": math.nan,
+                         "ci_high": math.nan, "ci_method": "", "verdict": "no value here (not scored in this run)"})
+            continue
+        low, high, method = value_ci(sel[["case", "seed", "value"]], scfg["confidence"], scfg["n_resamples"],
+                                     scfg["seed"])
+        t = trow.iloc[0]
+        rows.append({**base, "ours": float(t["mean"]), "sd": float(t["sd"]), "n_cases": int(t["n_cases"]),
+                     "n_seeds": int(t["n_seeds"]), "ci_low": low, "ci_high": high, "ci_method": method,
+                     "verdict": verdict(float(ref["value"]), low, high)})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def verdicts_section(verdicts: pd.DataFrame) -> str:
+    """The "Paper numbers" list of an experiment's Markdown table (empty without ``reference``)."""
+    if not len(verdicts):
+        return ""
+    lines = ["### Paper numbers", "", "| model | class | metric | convention | paper | ours | 95% CI (ours) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in verdicts.to_dict("records"):
+        digits = 2 if r["metric"] in ("hd95", "psnr") else 3
+        ci = f"[{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]" if not math.isnan(r["ci_low"]) else "n/a"
+        lines.append("| " + " | ".join(md_escape(x) for x in (
+            r["model"], r["class"], r["metric"], r["convention"], f"{r['paper_value']:.{digits}f}",
+            _cell(r["ours"], r["sd"], math.nan, r["metric"]), ci, r["verdict"])) + " |")
+    methods = sorted({m for m in verdicts["ci_method"] if m})
+    lines += ["", "- Interval: " + md_escape("; ".join(methods) or "none") + ". Verdict: the paper's value inside or "
+              "outside our interval."]
+    return "\n".join(lines) + "\n"
