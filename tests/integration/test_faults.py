@@ -300,13 +300,20 @@ def _no_partial(mnt: Path, names: list[str]) -> None:
     assert not left, left
 
 
-def test_disk_full_convert_train_cache_fail_clean_then_complete(wd, small_fs, capsys):
+def _proc(wd: Path, argv: list[str]) -> tuple[int, str]:
+    """`medkd <argv>` as its own process, as a job runs (HDF5 keeps no state across a failed write)."""
+    p = subprocess.run([str(VENV_BIN / "python"), "-m", "medkd", *argv], cwd=wd, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(wd / "src")}, timeout=900)
+    return p.returncode, p.stderr
+
+
+def test_disk_full_convert_train_cache_fail_clean_then_complete(wd, small_fs):
     mnt = small_fs
     # convert: the slice store does not fit in 64 KiB
     c = json.dumps({"format": "msd", "size": [32, 32], "normalise": "zscore", "axis": 2, "min_foreground": 0.05})
     argv = ["convert", "--dataset", "embedded", "--convert-spec", c, "--src", "data/embedded",
             "--out", str(mnt / "embedded.h5"), "--fingerprint", str(mnt / "embedded.json")]
-    code, text = _cli(wd, argv, capsys)
+    code, text = _proc(wd, argv)
     assert code == 2 and "no space left on device" in text.lower(), text
     _no_partial(mnt, ["embedded.h5", "embedded.json"])
     # train: the checkpoints do not fit
@@ -314,21 +321,21 @@ def test_disk_full_convert_train_cache_fail_clean_then_complete(wd, small_fs, ca
     out = mnt / "teacher"
     targv = ["train", "--spec", _spec(wd, "teacher"), "--seed", "0", "--store", STORE, "--split", SPLIT,
              "--out", str(out), "--device", "cpu"]
-    code, text = _cli(wd, targv, capsys)
+    code, text = _proc(wd, targv)
     assert code == 2 and "no space left on device" in text.lower(), text
     assert not (out / "model.pt").exists() and not (out / "summary.json").exists()
     _no_partial(mnt, [])
     # cache: the teacher cache does not fit
     cargv = ["cache", "--teacher-dir", TEACHER, "--store", STORE, "--split", SPLIT, "--out", str(mnt / "cache.h5"),
              "--device", "cpu"]
-    code, text = _cli(wd, cargv, capsys)
+    code, text = _proc(wd, cargv)
     assert code == 2 and "no space left on device" in text.lower(), text
     _no_partial(mnt, ["cache.h5"])
     # space freed: the same commands complete, and training equals the uninterrupted run
     filler.unlink()
     subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
     for argv_ in (argv, targv, cargv):
-        code, text = _cli(wd, argv_, capsys)
+        code, text = _proc(wd, argv_)
         assert code == 0, text
     assert (out / "model.pt").read_bytes() == (wd / TEACHER / "model.pt").read_bytes()
     _no_partial(mnt, [])
