@@ -79,7 +79,7 @@ def _no_output(path: Path) -> None:
 # ------------------------------------------------------------------------------------------ 1. kill anywhere
 
 
-@pytest.mark.parametrize("stage,target", [("train", "job"), ("infer", "client"), ("track", "snakemake")])
+@pytest.mark.parametrize("stage,target", [("evaluate", "job"), ("infer", "client"), ("track", "snakemake")])
 def test_kill_then_rerun_gives_identical_results(tiny_workflow, tmp_path, stage, target):
     """A few representative trials of the gauntlet (tests/faults/gauntlet.py, `make faults` runs 22+):
     SIGKILL the job / its fork-server client / Snakemake during ``stage``, re-run the same command."""
