@@ -95,6 +95,27 @@ def test_metrics(metrics_csv: str | Path) -> dict[str, float]:
     return out
 
 
+def create_sqlite_store(tracking_uri: str) -> None:
+    """Create a new SQLite store atomically: MLflow builds its schema in a temporary file, which is then
+    renamed to the store's name. A ``track`` job killed while MLflow creates the tables (a few seconds of
+    migrations) would otherwise leave a half-built database that every later run refuses
+    ("table ... already exists"). Existing stores and other backends are left alone."""
+    import os
+
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri[len("sqlite:///"):])
+    if path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    MlflowClient(f"sqlite:///{tmp}").search_experiments()  # runs the schema migrations
+    os.replace(tmp, path)
+
+
 def sync_runs(runs: list[dict], tracking_uri: str, prefix: str, artifact_root: str | Path,
               out_json: str | Path, experiments: dict | None = None, log_models: bool = True) -> dict:
     """Mirror ``runs`` into MLflow. Each run dict: key (``exp/model/seedK``), experiment, model, seed,
@@ -104,6 +125,7 @@ def sync_runs(runs: list[dict], tracking_uri: str, prefix: str, artifact_root: s
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    create_sqlite_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     artifact_root = Path(artifact_root).resolve()
