@@ -6,7 +6,8 @@ times, alternating, and the best epoch-averaged slices/s is kept (the machine ma
 loss is printed too: bf16 changes the numbers, which is why the precision is part of the spec hash.
 
 bf16 autocast on a CPU pays off only where the CPU has bf16 instructions (AVX512-BF16 / AMX); elsewhere oneDNN
-emulates them and it is slower. Usage: ``python benchmarks/amp_cpu.py [--size 64] [--epochs 2] [--repeats 2]``.
+emulates them and it is much slower. Usage: ``python benchmarks/amp_cpu.py [--size 64] [--epochs 1] [--repeats 2]
+[--channels-last]``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def run(tmp: Path, args, precision: str, channels_last: bool, k: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--cases", type=int, default=5, help="synthetic cases of 40 slices (60 % train, 20 % val)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
@@ -72,7 +74,7 @@ def main() -> None:
     best: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cases = synthetic_store(tmp / "s.h5", n_cases=10, slices=40, size=args.size)
+        cases = synthetic_store(tmp / "s.h5", n_cases=args.cases, slices=40, size=args.size)
         write_split(make_split(cases, 0, fractions={"train": 0.6, "val": 0.2, "test": 0.2}), tmp / "split.json")
         for k in range(args.repeats):
             for v in variants:
