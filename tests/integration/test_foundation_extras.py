@@ -134,6 +134,6 @@ def test_run_settings_rerun_nothing(tiny_workflow):
     """Moving the finished tiny run to another device, thread count or memory layout plans no job: run settings
     are neither in the spec nor in a param Snakemake compares."""
     same = snakemake(["-n", "results/tables/all.csv", "--configfile", "tiny.yaml", "--config", "device=cuda",
-                      "threads=2", "channels_last=true", "cudnn_benchmark=true"], tiny_workflow, timeout=300)
+                      "threads=2", "channels_last=True", "cudnn_benchmark=True"], tiny_workflow, timeout=300)
     assert same.returncode == 0, same.stderr[-3000:]
     assert "Nothing to be done" in same.stdout + same.stderr, same.stdout[-3000:]
