@@ -43,7 +43,7 @@ def slurm(tmp_path_factory):
     start = subprocess.run([str(CLUSTER), "start", str(scratch)], capture_output=True, text=True, timeout=300)
     try:
         if start.returncode == 3:
-            pytest.skip(f"no SLURM here: {start.stderr.strip()} (.ci/run installs it: scripts/slurm-test-cluster install)")
+            pytest.skip(f"no SLURM here: {start.stderr.strip()}; .ci/run installs it")
         assert start.returncode == 0, start.stdout + start.stderr
         env = {**os.environ, "SLURM_CONF": str(scratch / "slurm.conf"),
                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -98,7 +98,8 @@ def _assert_same_numbers(local: Path, slurm: Path) -> int:
     return len(a)
 
 
-def test_tiny_config_through_slurm(slurm, tiny_workflow, tmp_path):
+def test_tiny_config_through_slurm(slurm, tmp_path, request):
+    tiny_workflow = request.getfixturevalue("tiny_workflow")  # the local run, after the cluster (skip early)
     wd = _copy(tmp_path)
     t0 = time.monotonic()
     proc = subprocess.run(_command("tiny.yaml"), cwd=wd, env=slurm["env"], capture_output=True, text=True,
@@ -156,7 +157,8 @@ def test_tiny_config_through_slurm(slurm, tiny_workflow, tmp_path):
     assert n > 20
 
 
-def test_interrupted_client_restarts_with_the_same_numbers(slurm, tiny_workflow, tmp_path):
+def test_interrupted_client_restarts_with_the_same_numbers(slurm, tmp_path, request):
+    tiny_workflow = request.getfixturevalue("tiny_workflow")
     wd = _copy(tmp_path)
     env = slurm["env"]
     log_path = tmp_path / "first.log"
