@@ -45,7 +45,7 @@ def count_jobs(cfg: Mapping) -> Counter:
     Mirrors workflow/rules/*.smk: fetch per embedded dataset, fetch_source per raw source of the others, convert
     per dataset, split per experiment, undersample per (dataset, mask), train/infer/evaluate per model and seed,
     cache per cached teacher and seed, robustness per non-baseline model and seed of experiments with a
-    robustness suite, tables per experiment, paper_table per group, track and collect once (the target results/tables/all.csv; `rule all` adds one local job).
+    robustness suite, tables and panels per experiment, paper_table per group, track and collect once (the target results/tables/all.csv; `rule all` adds one local job).
     """
     exps = cfg["experiments"]
     used = sorted({e["dataset"] for e in exps.values()})
@@ -63,6 +63,7 @@ def count_jobs(cfg: Mapping) -> Counter:
         seeds = len(experiment_seeds(cfg, name))
         jobs["split"] += 1
         jobs["tables"] += 1
+        jobs["panels"] += 1  # the qualitative panels track carries into MLflow
         models = e["models"]
         jobs["train"] += len(models) * seeds
         jobs["infer"] += len(models) * seeds

@@ -65,7 +65,8 @@ def test_resources_do_not_move_spec_hashes():
 def test_jobs_per_rule_of_the_tiny_config():
     # the counts `snakemake -n results/tables/all.csv --configfile tests/integration/tiny.yaml` prints
     assert dict(planmod.count_jobs(_cfg())) == {"fetch": 1, "convert": 1, "split": 1, "train": 3, "cache": 1,
-                                                "infer": 3, "evaluate": 3, "tables": 1, "track": 1, "collect": 1}
+                                                "infer": 3, "evaluate": 3, "tables": 1, "panels": 1, "track": 1,
+                                                "collect": 1}
 
 
 def test_plan_flops_are_the_engines_flops():
