@@ -111,15 +111,10 @@ def _run_job(request: dict, fds: list[int]) -> None:
 
 
 def _alive(pid: int | None) -> bool:
-    if not pid:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether process ``pid`` exists (no pid: assume yes)."""
+    from medkd.io import pid_alive
+
+    return True if not pid else pid_alive(pid)
 
 
 def _handle(conn: socket.socket, owner: int | None = None) -> None:

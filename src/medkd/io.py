@@ -25,7 +25,8 @@ class DiskFullError(InputError):
     """No space left (or quota exceeded) while writing an output; nothing was written under its name."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -48,7 +49,7 @@ def remove_stale_tmps(directory: str | Path) -> list[Path]:
         if not name.startswith(".") or TMP_MARK not in name:
             continue
         pid = name.rsplit(TMP_MARK, 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             if entry.is_dir(follow_symlinks=False):  # a folder written then renamed (embedded generator)
                 import shutil
 
