@@ -55,7 +55,10 @@ def test_embedded_config_follows_the_thesis(embedded_experiment):
     e = embedded_experiment
     assert e["channels"] == [0, 0, 0] and e["task"] == "segmentation"
     assert list(e["classes"]) == ["background", "wm"] and e["classes"]["wm"] == [3, 4]
-    assert e["split"]["subsets"] == {"half": {"of": "train", "fraction": 0.5}}
+    # embedded scale: teachers on 6 of the 24 training cases, students on half of those (nested subsets)
+    assert e["split"]["subsets"] == {"teacher_cases": {"of": "train", "fraction": 0.25},
+                                     "half": {"of": "train", "fraction": 0.125},
+                                     "val_small": {"of": "val", "fraction": 0.5}}
     assert e["conventions"] == ["engine", "mtms_pooled"] and e["logit_threshold"] == 0.5
     assert e["group"] == "mtms"
     head = e["headline"]
@@ -64,7 +67,7 @@ def test_embedded_config_follows_the_thesis(embedded_experiment):
     assert list(models) == ["s1", "s2", "kd_t1_s1", "kd_t1_s2", "kd_t2_s1", "kd_t2_s2", "t1", "t2"]
     for name in ("t1", "t2"):
         m = models[name]
-        assert m["role"] == "teacher" and m["train"]["subset"] == "train" and m["train"]["batch_size"] == 8
+        assert m["role"] == "teacher" and m["train"]["subset"] == "teacher_cases" and m["train"]["batch_size"] == 8
         assert [(t["loss"], t["weight"], t["student_tap"]) for t in m["losses"]] == [
             ("dice_bce", 1.0, "out"), ("mse_to_input", 0.2, "out:recon")]
     assert [t["loss"] for t in models["s1"]["losses"]] == ["dice"]

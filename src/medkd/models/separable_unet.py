@@ -48,6 +48,16 @@ the head by (w_0 + 1) parameters per class.
 Keras semantics kept: BN ``eps=1e-3`` and moving-average ``momentum=0.01`` (Keras momentum 0.99),
 Glorot-uniform kernels and zero biases (``keras_init=True``), element-wise Dropout.
 
+Initialisation switch ``init``: ``"keras"`` (the default: Keras's Glorot-uniform, zero biases) or ``"he"``
+(variance-preserving: depthwise kernels normal with variance 1 / 9, pointwise, plain and transposed kernels
+He-normal for LeakyReLU(0.01) over their fan-in, the 1x1 head normal with variance 1 / fan-in, zero biases). Glorot on a *separable* conv shrinks the
+signal: the depthwise kernel's fan_in + fan_out is 9 (c_in + 1), so its output has about 2 / (c_in + 1) of
+the input's second moment, and each separable conv + LeakyReLU divides it by about c_in + 1. With
+BatchNorm (the student) training renormalises every layer; without it (the teacher) the embedded-width
+teacher's bottleneck output is about 1e-10 of its input at initialisation, only the shallowest skip path
+carries signal, and the network cannot learn anything that needs context (it predicted background only).
+``"he"`` keeps the second moment of every level near the input's.
+
 Tap paths: ``encoders.<i>`` (level i before pooling, w_i channels at H/2^i), ``bottleneck``,
 ``decoders.<j>`` (j = 0 is the deepest decoder level), ``head``. Input ``(B, in_channels, H, W)`` with H, W
 divisible by 2^L; output logits ``(B, out_channels, H, W)``.
@@ -63,6 +73,7 @@ import torch.nn as nn
 from medkd.models import MODELS
 
 FIRST_CONV_TYPES = ("separable", "plain")
+INITS = ("keras", "he")
 
 
 class SeparableConv2d(nn.Module):
@@ -92,10 +103,11 @@ class KerasBlock(nn.Sequential):
         first_plain: the first conv is a plain Conv2D instead of a separable one.
         batchnorm: BatchNorm (Keras eps 1e-3, momentum 0.99) after every conv.
         negative_slope: LeakyReLU slope (the README's alpha = 0.01).
+        bn_momentum: PyTorch BatchNorm momentum (Keras momentum 0.99 = 0.01 here).
     """
 
     def __init__(self, in_channels: int, out_channels: int, n_convs: int, first_plain: bool = False,
-                 batchnorm: bool = True, negative_slope: float = 0.01):
+                 batchnorm: bool = True, negative_slope: float = 0.01, bn_momentum: float = 0.01):
         layers: list[nn.Module] = []
         cin = in_channels
         for k in range(n_convs):
@@ -104,7 +116,7 @@ class KerasBlock(nn.Sequential):
             else:
                 layers.append(SeparableConv2d(cin, out_channels))
             if batchnorm:
-                layers.append(nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.01))
+                layers.append(nn.BatchNorm2d(out_channels, eps=1e-3, momentum=bn_momentum))
             layers.append(nn.LeakyReLU(negative_slope))
             cin = out_channels
         super().__init__(*layers)
@@ -125,18 +137,28 @@ class SeparableUNet(nn.Module):
         dropout: Dropout probability after every pooling and every skip concatenation (teacher 0.5,
             student 0.3 in the README).
         negative_slope: LeakyReLU slope.
-        keras_init: Glorot-uniform kernels and zero biases, as Keras initialises layers.
+        keras_init: Glorot-uniform kernels and zero biases, as Keras initialises layers (``init="keras"``);
+            False leaves PyTorch's default initialisation.
+        init: ``"keras"`` or ``"he"`` (variance-preserving, see the module docstring); overrides
+            ``keras_init`` when given.
+        bn_momentum: BatchNorm running-statistics momentum in PyTorch's convention: 0.01 is Keras's 0.99
+            (the default); PyTorch's own default is 0.1. With 0.01 the running statistics need several
+            hundred updates to follow the batch statistics, so a model trained for ~100-200 updates is
+            evaluated with statistics that still mostly hold their initial values (mean 0, variance 1).
 
     Raises:
         ValueError: fewer than two widths, a non-positive width, ``convs_per_block < 1``, an unknown
-            ``first_conv`` or a dropout outside [0, 1).
+            ``first_conv`` or ``init``, or a dropout outside [0, 1).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 2,
                  widths: Sequence[int] = (16, 32, 64, 128, 256), convs_per_block: int = 2,
                  first_conv: str = "separable", batchnorm: bool = True, dropout: float = 0.3,
-                 negative_slope: float = 0.01, keras_init: bool = True):
+                 negative_slope: float = 0.01, keras_init: bool = True, init: str | None = None,
+                 bn_momentum: float = 0.01):
         super().__init__()
+        if init is not None and init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         widths = [int(w) for w in widths]
         if len(widths) < 2 or min(widths) < 1:
             raise ValueError(f"widths must list at least two positive channel counts, got {widths}")
@@ -148,7 +170,10 @@ class SeparableUNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.widths = widths
         self.depth = len(widths) - 1
-        block = dict(n_convs=convs_per_block, batchnorm=batchnorm, negative_slope=negative_slope)
+        if not 0.0 < bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
+        block = dict(n_convs=convs_per_block, batchnorm=batchnorm, negative_slope=negative_slope,
+                     bn_momentum=bn_momentum)
 
         self.encoders = nn.ModuleList()
         self.pools = nn.ModuleList()
@@ -171,7 +196,10 @@ class SeparableUNet(nn.Module):
             self.decoders.append(KerasBlock(2 * w, w, **block))
             cin = w
         self.head = nn.Conv2d(widths[0], out_channels, 1)
-        if keras_init:
+        if init == "he":
+            self.apply(lambda m: _he_init(m, negative_slope))
+            nn.init.normal_(self.head.weight, std=1.0 / widths[0] ** 0.5)  # logits: linear, no ReLU gain
+        elif init == "keras" or (init is None and keras_init):
             self.apply(_keras_init)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -201,6 +229,23 @@ def _keras_init(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def _he_init(module: nn.Module, negative_slope: float) -> None:
+    """Variance-preserving init: depthwise kernels N(0, 1 / k^2) (linear), every other kernel He-normal over
+    its fan-in for LeakyReLU(negative_slope), zero biases."""
+    if isinstance(module, SeparableConv2d):
+        k2 = module.depthwise.weight[0].numel()
+        nn.init.normal_(module.depthwise.weight, std=(1.0 / k2) ** 0.5)
+    elif isinstance(module, nn.ConvTranspose2d):
+        # weight (c_in, c_out, k, k); a stride-2 output pixel sums about c_in k^2 / 4 inputs
+        fan_in = module.weight.shape[0] * module.weight[0, 0].numel() / 4
+        gain = nn.init.calculate_gain("leaky_relu", negative_slope)
+        nn.init.normal_(module.weight, std=gain / fan_in**0.5)
+    elif isinstance(module, nn.Conv2d) and module.groups == 1:
+        nn.init.kaiming_normal_(module.weight, a=negative_slope, mode="fan_in", nonlinearity="leaky_relu")
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 @MODELS.register("brats_teacher")

@@ -9,6 +9,13 @@ output have the same size. Architecture: ``n_convs`` 3x3 convs with padding 1 an
 * teacher: 11 convs, 333,569 parameters ("333K" in the paper table);
 * student: 7 convs, 185,857 parameters ("185K").
 
+Initialisation (``init``): ``"pytorch"`` (default) keeps PyTorch's default, as KD-MRI's code does; its
+10-conv body then starts as a near-constant map (the signal shrinks at every conv + ReLU), so the network
+begins as ``x + c`` and needs many updates before it improves on its input. ``"kaiming"`` is VDSR's own
+(Kim et al. 2016, He et al. 2015): He-normal kernels (fan-in, ReLU gain) and zero biases for every conv but
+the last, and a zero last conv, so the network starts as the identity ``out = x`` and the body's
+features keep their scale through the depth.
+
 Tap paths: ``conv<i>`` (before ReLU) and ``relu<i>`` (after ReLU; 1-based i). KD-MRI's networks return
 ``x_i = relu(conv_i(...))``, so its attention-transfer pair "teacher conv6 <-> student conv4" is
 ``relu6`` (teacher) <-> ``relu4`` (student) here. ``out`` is the final image.
@@ -20,6 +27,8 @@ import torch
 import torch.nn as nn
 
 from medkd.models import MODELS
+
+INITS = ("pytorch", "kaiming")
 
 
 @MODELS.register("vdsr")
@@ -34,15 +43,20 @@ class VDSR(nn.Module):
         out_channels: output channels.
         n_convs: number of convs, >= 2 (teacher 11, student 7).
         width: hidden channels (64).
+        init: ``"pytorch"`` (PyTorch's default, KD-MRI's code) or ``"kaiming"`` (VDSR's He init, zero last
+            conv: starts as the identity).
 
     Raises:
-        ValueError: ``in_channels != out_channels``, ``n_convs < 2`` or ``width < 1``.
+        ValueError: ``in_channels != out_channels``, ``n_convs < 2``, ``width < 1`` or an unknown ``init``.
     """
 
     input_keys = ("image",)
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, n_convs: int = 11, width: int = 64):
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, n_convs: int = 11, width: int = 64,
+                 init: str = "pytorch"):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"VDSR init must be one of {INITS}, got {init!r}")
         if in_channels != out_channels:
             raise ValueError(f"VDSR's global residual needs in_channels == out_channels, got {in_channels} "
                              f"and {out_channels}")
@@ -55,6 +69,14 @@ class VDSR(nn.Module):
             setattr(self, f"conv{i}", nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1))
             if i < n_convs:
                 setattr(self, f"relu{i}", nn.ReLU(inplace=False))
+        if init == "kaiming":
+            for i in range(1, n_convs + 1):
+                conv = getattr(self, f"conv{i}")
+                if i < n_convs:
+                    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+                else:
+                    nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Super-resolve.
@@ -75,15 +97,17 @@ class VDSR(nn.Module):
 
 @MODELS.register("vdsr_teacher")
 class VDSRTeacher(VDSR):
-    """KD-MRI VDSR teacher: 11 convs x 64 channels (333,569 parameters); AT tap ``relu6``."""
+    """KD-MRI VDSR teacher: 11 convs x 64 channels (333,569 parameters); AT tap ``relu6``. ``width`` and
+    ``init`` as :class:`VDSR` (embedded scale narrows both networks for CPU time)."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1):
-        super().__init__(in_channels, out_channels, n_convs=11, width=64)
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 64, init: str = "pytorch"):
+        super().__init__(in_channels, out_channels, n_convs=11, width=width, init=init)
 
 
 @MODELS.register("vdsr_student")
 class VDSRStudent(VDSR):
-    """KD-MRI VDSR student: 7 convs x 64 channels (185,857 parameters); AT tap ``relu4``."""
+    """KD-MRI VDSR student: 7 convs x 64 channels (185,857 parameters); AT tap ``relu4``. ``width`` and
+    ``init`` as :class:`VDSR`."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1):
-        super().__init__(in_channels, out_channels, n_convs=7, width=64)
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 64, init: str = "pytorch"):
+        super().__init__(in_channels, out_channels, n_convs=7, width=width, init=init)
