@@ -77,3 +77,40 @@ def test_mse_to_input():
     assert build_loss("mse_to_input")(recon, None, {"image": image}, 0).item() == pytest.approx(0.5625)
     with pytest.raises(ValueError, match="differ"):
         build_loss("mse_to_input")(recon[:, :1], None, {"image": image}, 0)
+
+
+# --- multi-class soft Dice (medkd's Dice + CE recipe term) -------------------------------------------------
+
+def test_multiclass_soft_dice_golden_value():
+    """Two pixels, three classes, hand-computed: p = softmax(logits) per pixel, batch-pooled Dice of
+    classes 1 and 2 (background excluded), smooth 1."""
+    import math
+
+    from medkd.distill.task import multiclass_soft_dice
+
+    logits = torch.tensor([[[[0.0, math.log(3.0)]], [[0.0, 0.0]], [[0.0, 0.0]]]])  # (1, 3, 1, 2)
+    target = torch.tensor([[[1, 0]]])                                                 # (1, 1, 2)
+    # pixel 0: p = (1/3, 1/3, 1/3); pixel 1: p = (3/5, 1/5, 1/5)
+    p1 = 1 / 3 + 1 / 5
+    p2 = 1 / 3 + 1 / 5
+    dice1 = (2 * (1 / 3) + 1) / (p1 + 1 + 1)
+    dice2 = (0 + 1) / (p2 + 0 + 1)
+    expected = 1 - (dice1 + dice2) / 2
+    got = multiclass_soft_dice(logits, target)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    with_bg = multiclass_soft_dice(logits, target, include_background=True)
+    dice0 = (2 * (3 / 5) + 1) / ((1 / 3 + 3 / 5) + 1 + 1)
+    assert with_bg.item() == pytest.approx(1 - (dice0 + dice1 + dice2) / 3, rel=1e-6)
+
+
+def test_multiclass_soft_dice_perfect_and_registered():
+    from medkd.distill import build_loss
+
+    target = torch.randint(0, 3, (2, 8, 8))
+    perfect = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float() * 40.0
+    term = build_loss("soft_dice")
+    assert term(perfect, None, {"target": target}, 0).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = torch.roll(perfect, 1, dims=1)
+    assert term(wrong, None, {"target": target}, 0).item() > 0.9
+    with pytest.raises(ValueError, match="multi-class"):
+        term(torch.zeros(1, 1, 4, 4), None, {"target": torch.zeros(1, 4, 4, dtype=torch.long)}, 0)
