@@ -4,12 +4,20 @@ Copies the working tree (without results, data or .snakemake) to a temporary dir
 DAG to results/tables/all.csv and prints the wall time and, per rule, the number of jobs and the time
 spent in process start-up and imports before each step (from the "start-up X s" line every medkd job
 logs), plus the summed training time. Target: under 15 minutes on 2 cores (goal 10).
-Usage: ``python benchmarks/embedded_default.py [--cores 2] [--keep] [--no-forkserver]``.
+It then checks every model of every seed against the bars the embedded default must clear (issue
+"numbers that mean something"): every segmentation teacher test Dice >= 0.70 on each target class, every
+student trained alone >= 0.50, every reconstruction / super-resolution teacher >= 0.5 dB PSNR above the
+input (the ``zero_filled`` baseline), and at least one student of such an experiment too. The per-seed
+table is printed with ok / BELOW per row; the exit status is 1 when a bar is missed.
+
+Usage: ``python benchmarks/embedded_default.py [--cores 2] [--keep] [--no-forkserver]``, or
+``python benchmarks/embedded_default.py --check results`` to check an existing results folder only.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -22,6 +30,60 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = {".venv", "results", ".snakemake", "data", ".git", ".pytest_cache"}
+SEG_TEACHER_DICE, STUDENT_ALONE_DICE, RECON_GAIN_DB = 0.70, 0.50, 0.5
+
+
+def _per_seed_means(metrics_csv: Path) -> dict[tuple[str, str], float]:
+    """``{(class, metric): mean over test cases}`` of one seed's engine-convention Dice / PSNR rows."""
+    values: dict[tuple[str, str], list[float]] = {}
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            if row["convention"] == "engine" and row["metric"] in ("dice", "psnr") and row["class"] != "background":
+                values.setdefault((row["class"], row["metric"]), []).append(float(row["value"]))
+    return {k: sum(v) / len(v) for k, v in values.items()}
+
+
+def check_bars(results: Path) -> bool:
+    """Print every teacher / student-alone / recon figure per seed against its bar; True when all pass.
+
+    Roles and teachers come from each model's resolved ``config.json``; the recon input is the
+    experiment's ``baseline`` model (the zero-filled or low-resolution image scored as a prediction).
+    """
+    rows, ok_all = [], True
+    for exp_dir in sorted(p for p in results.iterdir() if (p / "models").is_dir()):
+        specs = {}
+        for cfg in sorted(exp_dir.glob("models/*/seed*/config.json")):
+            spec = json.loads(cfg.read_text())["spec"]
+            specs[(spec["model"], cfg.parent.name)] = spec
+        scores = {(m, s): _per_seed_means(exp_dir / "metrics" / m / f"{s}.csv")
+                  for (m, s) in specs if (exp_dir / "metrics" / m / f"{s}.csv").exists()}
+        baseline = {s: v for (m, s), v in scores.items() if specs[(m, s)]["role"] == "baseline"}
+        best_student_gain: dict[str, float] = {}
+        for (model, seed), vals in sorted(scores.items()):
+            spec = specs[(model, seed)]
+            for (cls, metric), value in sorted(vals.items()):
+                if metric == "dice" and spec["role"] == "teacher":
+                    bar, got, what = SEG_TEACHER_DICE, value, "teacher Dice"
+                elif metric == "dice" and spec["role"] == "student" and not spec["teachers"]:
+                    bar, got, what = STUDENT_ALONE_DICE, value, "student alone Dice"
+                elif metric == "psnr" and spec["role"] in ("teacher", "student") and seed in baseline:
+                    gain = value - baseline[seed][(cls, metric)]
+                    if spec["role"] == "student":
+                        best_student_gain[seed] = max(best_student_gain.get(seed, -1e9), gain)
+                        continue
+                    bar, got, what = RECON_GAIN_DB, gain, "teacher dB over input"
+                else:
+                    continue
+                rows.append((exp_dir.name, model, seed, cls, what, got, bar, got >= bar))
+        for seed, gain in sorted(best_student_gain.items()):
+            rows.append((exp_dir.name, "best student", seed, "image", "student dB over input", gain,
+                         RECON_GAIN_DB, gain >= RECON_GAIN_DB))
+    print(f"  {'experiment':14s} {'model':14s} {'seed':6s} {'class':7s} {'figure':22s} {'value':>7s} {'bar':>5s}")
+    for exp, model, seed, cls, what, got, bar, ok in rows:
+        ok_all &= ok
+        print(f"  {exp:14s} {model:14s} {seed:6s} {cls:7s} {what:22s} {got:7.3f} {bar:5.2f} {'ok' if ok else 'BELOW'}")
+    print(f"  bars: {'all cleared' if ok_all else 'some BELOW'} ({len(rows)} figures)")
+    return ok_all
 
 
 def main() -> None:
@@ -29,7 +91,10 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
     ap.add_argument("--no-forkserver", action="store_true", help="every job starts its own interpreter")
+    ap.add_argument("--check", type=Path, metavar="RESULTS", help="only check the bars of an existing results folder")
     args = ap.parse_args()
+    if args.check:
+        raise SystemExit(0 if check_bars(args.check) else 1)
     tmp = Path(tempfile.mkdtemp(prefix="medkd-bench-"))
     wd = tmp / "repo"
     shutil.copytree(REPO, wd, ignore=lambda d, names: (SKIP & set(names)) if Path(d) == REPO else
@@ -64,8 +129,12 @@ def main() -> None:
     print(f"  start-up and imports: {total_start:.1f} s of {total_start + total_step:.1f} s of job time ({share:.1%})")
     train_s = sum(json.loads(p.read_text())["train_seconds"] for p in (wd / "results").glob("*/models/*/seed*/summary.json"))
     print(f"  training (summary.json train_seconds, summed): {train_s:.0f} s")
+    passed = check_bars(wd / "results")
     if not args.keep:
         shutil.rmtree(tmp)
+    else:
+        print(f"  kept: {wd}")
+    raise SystemExit(0 if passed else 1)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from medkd import uncertainty
-from medkd.io import atomic_path
+from medkd.io import atomic_path, h5_dataset
 from medkd.datasets import load_split
 from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
@@ -76,18 +76,18 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
                         mc.append(uncertainty.mc_dropout_variance(model, batch["image"], passes, seed=seed).cpu())
                 logits = torch.cat(outs)
                 grp = fh.create_group(f"cases/{cid}")
-                grp.create_dataset(main_key, data=logits.numpy(), compression="gzip", compression_opts=1)
+                h5_dataset(grp, main_key, logits.numpy(), compression="gzip", compression_opts=1)
                 if seg:
                     if "entropy" in keys_unc:
-                        grp.create_dataset("entropy", data=uncertainty.predictive_entropy(logits).numpy())
+                        h5_dataset(grp, "entropy", uncertainty.predictive_entropy(logits).numpy())
                     if "confidence" in keys_unc:
-                        grp.create_dataset("confidence", data=uncertainty.temperature_confidence(logits, temp).numpy())
+                        h5_dataset(grp, "confidence", uncertainty.temperature_confidence(logits, temp).numpy())
                     if "mc_dropout" in keys_unc:
-                        grp.create_dataset("mc_dropout", data=torch.cat(mc).numpy())
+                        h5_dataset(grp, "mc_dropout", torch.cat(mc).numpy())
                     if "label" in keys_unc:
                         target = data.tensors["target"][idx]
                         n_classes = max(2, logits.shape[1])
-                        grp.create_dataset("label", data=uncertainty.label_uncertainty(target, n_classes).numpy())
+                        h5_dataset(grp, "label", uncertainty.label_uncertainty(target, n_classes).numpy())
                 n_slices += logits.shape[0]
                 cases_done.append(cid)
         keys = [main_key] + (keys_unc if seg else [])

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medkd.io import atomic_path
+from medkd.io import atomic_path, h5_dataset
 from medkd.models import count_parameters
 from medkd.datasets import load_split
 from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
@@ -74,9 +74,9 @@ def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, ou
                 else:
                     preds.append(out[:, 0])
             grp = fh.create_group(f"cases/{cid}")
-            grp.create_dataset("pred", data=torch.cat(preds).numpy(), compression="gzip", compression_opts=1)
+            h5_dataset(grp, "pred", torch.cat(preds).numpy(), compression="gzip", compression_opts=1)
             if logits:
-                grp.create_dataset("logit", data=torch.cat(logits).numpy().astype(np.float32))
+                h5_dataset(grp, "logit", torch.cat(logits).numpy().astype(np.float32))
         fh.attrs.update({
             "experiment": spec.experiment, "model": spec.model, "task": spec.task,
             "split": split_name, "latency_ms_per_slice": float(latency or 0.0), "device": str(dev),

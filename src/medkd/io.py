@@ -5,6 +5,11 @@ an interrupted job never leaves a half-written file under the final name. A job 
 cannot delete its temporary file; the next atomic write in the same directory removes every
 ``.<name>.tmp-<pid>`` whose process is gone (:func:`remove_stale_tmps`), so a re-run leaves none behind.
 A full disk (ENOSPC) while writing deletes the temporary file and raises :class:`DiskFullError`.
+
+HDF5 writes go through :func:`h5_dataset`, which checks the free space before handing an array to HDF5:
+HDF5 (h5py 3.x) can crash the process (SIGSEGV) when a write fails with ENOSPC, before Python sees an
+error (h5py issue #914, "bug in external lib"; the HDF Group's and PyTables' advice is to check the
+free space before writing), so the check raises ENOSPC as a Python error first.
 """
 
 from __future__ import annotations
@@ -23,6 +28,32 @@ TMP_MARK = ".tmp-"
 
 class DiskFullError(InputError):
     """No space left (or quota exceeded) while writing an output; nothing was written under its name."""
+
+
+H5_SPACE_MARGIN = 1024 * 1024  # bytes kept free for HDF5's own metadata and the file's final flush
+
+
+def h5_dataset(group: Any, name: str, data: Any, **kwargs: Any) -> Any:
+    """``group.create_dataset(name, data=data, **kwargs)`` after checking that the file's filesystem has
+    ``data.nbytes`` (the uncompressed size, an upper bound for gzip'd data up to a few header bytes) plus
+    :data:`H5_SPACE_MARGIN` free.
+
+    Raises:
+        OSError: ``ENOSPC`` naming the file, the bytes needed and free, before HDF5 writes anything of it
+            (inside :func:`atomic_path` this becomes a :class:`DiskFullError` and the temporary is removed).
+    """
+    import errno
+
+    import numpy as np
+
+    nbytes = int(np.asarray(data).nbytes)
+    directory = os.path.dirname(os.path.abspath(group.file.filename))
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes + H5_SPACE_MARGIN:
+        raise OSError(errno.ENOSPC, f"No space left on device: {nbytes + H5_SPACE_MARGIN} bytes needed for "
+                                    f"dataset {name!r} of {group.file.filename}, {free} free")
+    return group.create_dataset(name, data=data, **kwargs)
 
 
 def pid_alive(pid: int) -> bool:

@@ -42,3 +42,31 @@ def test_rebuild_hints_name_the_rule():
     assert "restarts from epoch 0" in rebuild_hint("results/e/models/m/seed0/last.pt")
     assert "rule infer" in with_hint("results/e/predictions/m/seed0.h5: bad")
     assert with_hint("no file here") == "no file here"
+
+
+def test_h5_dataset_refuses_before_hdf5_writes_when_space_is_short(tmp_path, monkeypatch):
+    """The free-space check raises ENOSPC as a Python error (HDF5 itself may crash on a failed write); inside
+    atomic_path that is a DiskFullError naming the destination, and nothing is left behind."""
+    import h5py
+    import numpy as np
+
+    from medkd import io
+
+    data = np.zeros((64, 64), np.float32)  # 16 KiB
+    real_statvfs = os.statvfs
+
+    class Tight:
+        def __init__(self, st):
+            self.f_frsize = st.f_frsize
+            self.f_bavail = (io.H5_SPACE_MARGIN + data.nbytes - 1) // st.f_frsize  # one byte short at most
+
+    monkeypatch.setattr(io.os, "statvfs", lambda d: Tight(real_statvfs(d)))
+    with pytest.raises(DiskFullError, match=r"out\.h5: no space left on device.*dataset 'x'"):
+        with io.atomic_path(tmp_path / "out.h5") as tmp, h5py.File(tmp, "w") as fh:
+            io.h5_dataset(fh, "x", data)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(io.os, "statvfs", real_statvfs)
+    with io.atomic_path(tmp_path / "out.h5") as tmp, h5py.File(tmp, "w") as fh:
+        io.h5_dataset(fh, "x", data, compression="gzip")
+    with h5py.File(tmp_path / "out.h5", "r") as fh:
+        assert fh["x"].shape == (64, 64) and fh["x"].compression == "gzip"

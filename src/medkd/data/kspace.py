@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medkd.io import atomic_path
+from medkd.io import atomic_path, h5_dataset
 
 log = logging.getLogger(__name__)
 
@@ -693,7 +693,7 @@ def _write_entry(group: h5py.Group, case_id: str, entry: Mapping[str, Any], spac
             continue
         arr = np.asarray(entry[key])
         chunks = (1,) + arr.shape[1:] if arr.ndim == 3 else None
-        grp.create_dataset(key, data=arr, chunks=chunks, compression="gzip", compression_opts=1,
+        h5_dataset(grp, key, arr, chunks=chunks, compression="gzip", compression_opts=1,
                            track_times=False)
     for key, value in entry.items():
         if key not in _ARRAY_KEYS:

@@ -45,6 +45,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from medkd.io import h5_dataset
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -204,10 +206,10 @@ def _validate_case(case: SliceCase, seen: set[str], n_channels: int, size: tuple
 def _write_case(group: h5py.Group, case: SliceCase) -> None:
     s, c, h, w = case.image.shape
     grp = group.create_group(case.case_id)
-    grp.create_dataset("image", data=case.image, chunks=(1, c, h, w), compression="gzip",
+    h5_dataset(grp, "image", case.image, chunks=(1, c, h, w), compression="gzip",
                        compression_opts=1, track_times=False)
     if case.label is not None:
-        grp.create_dataset("label", data=case.label, chunks=(1, h, w), compression="gzip",
+        h5_dataset(grp, "label", case.label, chunks=(1, h, w), compression="gzip",
                            compression_opts=1, track_times=False)
     grp.attrs["spacing"] = np.asarray(case.spacing, dtype=np.float64)
     grp.attrs["affine"] = np.asarray(case.affine, dtype=np.float64)
