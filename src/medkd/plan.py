@@ -98,7 +98,7 @@ def dataset_size(cfg: Mapping, name: str, results: Path, source_specs: Mapping) 
     if ds["kind"] == "embedded":
         g = ds.get("generator", {})
         n, res = g.get("n_cases", 10), g.get("resolution_mm", 2.0)
-        keep = 1.0 if conv.get("min_foreground", 0.0) == 0 else 0.7  # slices with enough brain
+        keep = (1.0 if conv.get("min_foreground", 0.0) == 0 else 0.7) / conv.get("slice_step", 1)  # slices kept
         per_case = MNI152_SHAPE[conv.get("axis", 2)] / res * keep
         return DatasetSize(n, n * per_case, "estimate: MNI152 grid")
     size = source_specs.get(ds.get("source", name), {}).get("size")

@@ -202,6 +202,25 @@ def test_min_foreground_and_skipped_cases(tmp_path):
         np.testing.assert_array_equal(store.read_case("full").attrs["slice_indices"], [0, 1])
 
 
+def test_slice_step_keeps_every_kth_slice_and_scales_the_spacing(tmp_path):
+    image = np.zeros((4, 5, 7), dtype=np.float32)
+    image[:, :, :6] = 1.0          # slices 0-5 have foreground, slice 6 none
+    label = np.zeros((4, 5, 7), dtype=np.uint8)
+    label[1, 1, :] = 1
+    affine = np.diag([1.5, 1.5, 2.5, 1.0])
+    src = _write_msd(tmp_path / "msd", {"a": (image, label, affine, None)})
+    convert_msd(src, tmp_path / "out.h5", size=(4, 5), normalise="none", min_foreground=0.5, slice_step=2)
+    with SliceStore(tmp_path / "out.h5") as store:
+        case = store.read_case("a")
+        np.testing.assert_array_equal(case.attrs["slice_indices"], [0, 2, 4])  # 6 is on the step, no foreground
+        assert case.image.shape[0] == 3 and case.label.shape[0] == 3
+        assert case.spacing == pytest.approx((1.5, 1.5, 5.0))            # 2 x 2.5 mm between stored slices
+        assert store.attrs["provenance"]["options"]["slice_step"] == 2
+    with pytest.raises(ValueError, match="slice_step must be a positive integer"):
+        convert_msd(src, tmp_path / "bad.h5", slice_step=0)
+    assert not (tmp_path / "bad.h5").exists()
+
+
 def test_normalisations_golden():
     v = np.array([0.0, 1.0, 2.0, 3.0], dtype=np.float32)
     # non-zero voxels 1, 2, 3: mean 2, population sd sqrt(2/3) = 0.816497

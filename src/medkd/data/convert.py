@@ -72,6 +72,9 @@ SLICE_OPTIONS_SCHEMA: dict[str, dict] = {
              "default": 2},
     "min_foreground": {"description": "keep slices whose fraction of non-zero voxels in the first channel is >= this",
                        "type": "number", "minimum": 0, "maximum": 1, "default": 0.0},
+    "slice_step": {"description": "keep only every k-th slice along the axis (index % k == 0), before min_foreground; "
+                                  "the stored through-plane spacing is k times the voxel size",
+                   "type": "integer", "minimum": 1, "default": 1},
 }
 """JSON schema (``properties``) of the slicing options every format accepts (:func:`slice_options`)."""
 
@@ -150,6 +153,9 @@ class SliceOptions:
         window: ``[lo, hi]`` for ``normalise="window"``.
         axis: canonical slice axis (0 sagittal, 1 coronal, 2 axial).
         min_foreground: minimum fraction of non-zero voxels of the first channel, after normalisation.
+        slice_step: keep only slices whose index along ``axis`` is a multiple of this (1: every slice); the
+            through-plane spacing recorded for the case is ``slice_step`` times the voxel size, so 3-D metrics
+            (HD95 in mm) stay in world units.
         modality_normalise: channel name -> ``{"normalise": ..., "window": [lo, hi]}`` overriding
             ``normalise``/``window`` for that channel (e.g. HECKTOR: CT windowed, PET z-scored).
     """
@@ -159,6 +165,7 @@ class SliceOptions:
     window: tuple[float, float] | None = None
     axis: int = 2
     min_foreground: float = 0.0
+    slice_step: int = 1
     modality_normalise: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def method_for(self, channel: Any) -> tuple[str, Sequence[float] | None]:
@@ -171,24 +178,24 @@ class SliceOptions:
     def as_dict(self) -> dict:
         return {"size": list(self.size), "normalise": self.normalise,
                 "window": None if self.window is None else list(self.window), "axis": self.axis,
-                "min_foreground": self.min_foreground,
+                "min_foreground": self.min_foreground, "slice_step": self.slice_step,
                 "modality_normalise": {k: dict(v) for k, v in self.modality_normalise.items()}}
 
 
 def slice_options(size: Sequence[int] = (64, 64), normalise: str = "zscore", window: Sequence[float] | None = None,
-                  axis: int = 2, min_foreground: float = 0.0,
+                  axis: int = 2, min_foreground: float = 0.0, slice_step: int = 1,
                   modality_normalise: Mapping[str, Mapping[str, Any]] | None = None,
                   channel_names: Sequence[str] | None = None) -> SliceOptions:
     """Validate the shared options and bundle them.
 
     Args:
-        size, normalise, window, axis, min_foreground: see :class:`SliceOptions`.
+        size, normalise, window, axis, min_foreground, slice_step: see :class:`SliceOptions`.
         modality_normalise: per-channel overrides, keys must be among ``channel_names``.
         channel_names: the channel names of the dataset being converted (for checking the overrides).
 
     Raises:
         ValueError: a size that is not two positive ints, an axis outside 0..2, ``min_foreground`` outside
-            [0, 1], an unknown normalisation or a bad window (also inside an override), an override for a
+            [0, 1], a ``slice_step`` below 1, an unknown normalisation or a bad window (also inside an override), an override for a
             channel that is not converted, or an override with keys other than ``normalise``/``window``.
     """
     if len(size) != 2 or min(int(s) for s in size) < 1:
@@ -197,6 +204,8 @@ def slice_options(size: Sequence[int] = (64, 64), normalise: str = "zscore", win
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     if not 0.0 <= float(min_foreground) <= 1.0:
         raise ValueError(f"min_foreground must lie in [0, 1], got {min_foreground}")
+    if isinstance(slice_step, bool) or int(slice_step) != slice_step or int(slice_step) < 1:
+        raise ValueError(f"slice_step must be a positive integer, got {slice_step!r}")
     check_normalise(normalise, window)
     overrides = {str(k): dict(v) for k, v in (modality_normalise or {}).items()}
     for name, spec in overrides.items():
@@ -209,7 +218,8 @@ def slice_options(size: Sequence[int] = (64, 64), normalise: str = "zscore", win
         check_normalise(spec.get("normalise", "zscore"), spec.get("window"))
     return SliceOptions(size=(int(size[0]), int(size[1])), normalise=normalise,
                         window=None if window is None else (float(window[0]), float(window[1])), axis=int(axis),
-                        min_foreground=float(min_foreground), modality_normalise=overrides)
+                        min_foreground=float(min_foreground), slice_step=int(slice_step),
+                        modality_normalise=overrides)
 
 
 # ------------------------------------------------------------------------------------------ labels
@@ -328,7 +338,8 @@ def volumes_to_case(case_id: str, channels: Mapping[Any, np.ndarray] | Sequence[
     axis = options.axis
     stack = np.moveaxis(np.stack(volumes, axis=0), axis + 1, 0)  # (S, C, H, W)
     foreground = (stack[:, 0] != 0).mean(axis=(1, 2))
-    keep = np.flatnonzero(foreground >= options.min_foreground)
+    on_step = np.arange(len(foreground)) % options.slice_step == 0
+    keep = np.flatnonzero((foreground >= options.min_foreground) & on_step)
     if len(keep) == 0:
         return None
     image = resize_stack(stack[keep], options.size, order=1).astype(np.float32)
@@ -340,7 +351,7 @@ def volumes_to_case(case_id: str, channels: Mapping[Any, np.ndarray] | Sequence[
     in_plane = [a for a in range(3) if a != axis]
     spacing = (float(zooms[in_plane[0]] * spatial[in_plane[0]] / options.size[0]),
                float(zooms[in_plane[1]] * spatial[in_plane[1]] / options.size[1]),
-               float(zooms[axis]))
+               float(zooms[axis] * options.slice_step))
     attrs = {"source_image": str(sources.get("image", "")), "source_label": str(sources.get("label", "") or ""),
              "original_shape": np.asarray(spatial, dtype=np.int64), "slice_indices": keep.astype(np.int64)}
     attrs.update(extra_attrs or {})

@@ -102,7 +102,7 @@ def convert_schema() -> dict:
     return {
         "description": (
             "raw files -> slice store (medkd.data.formats.convert_dataset). The slicing options (size, normalise, "
-            "window, axis, min_foreground) mean the same for every format; every other option is declared by its "
+            "window, axis, min_foreground, slice_step) mean the same for every format; every other option is declared by its "
             "format's module (medkd.data.formats.<format>) and allowed only with that format."
         ),
         "type": "object",

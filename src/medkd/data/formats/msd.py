@@ -162,7 +162,7 @@ def _n_channels(image_path: Path) -> int:
 
 def convert_msd(src_dir: str | Path, out_path: str | Path, *, channels: Sequence[int] | None = None,
                 size: Sequence[int] = (64, 64), normalise: str = "zscore", window: Sequence[float] | None = None,
-                axis: int = 2, min_foreground: float = 0.0, dataset: str | None = None) -> None:
+                axis: int = 2, min_foreground: float = 0.0, slice_step: int = 1, dataset: str | None = None) -> None:
     """Convert an MSD-layout NIfTI dataset into a slice store (see the module docstring).
 
     Args:
@@ -177,6 +177,7 @@ def convert_msd(src_dir: str | Path, out_path: str | Path, *, channels: Sequence
         min_foreground: keep slices whose fraction of non-zero voxels in the first kept channel (after
             normalisation) is >= this; a case left with no slice is skipped with a warning and listed in
             ``provenance["skipped_cases"]``.
+        slice_step: keep every k-th slice along ``axis`` (:class:`medkd.data.convert.SliceOptions`).
         dataset: the store's dataset name (default: the stem of ``out_path``).
 
     Raises:
@@ -186,7 +187,8 @@ def convert_msd(src_dir: str | Path, out_path: str | Path, *, channels: Sequence
             in an image (each names the file); every case skipped. Nothing is written on error.
     """
     src_dir = Path(src_dir)
-    opts = slice_options(size=size, normalise=normalise, window=window, axis=axis, min_foreground=min_foreground)
+    opts = slice_options(size=size, normalise=normalise, window=window, axis=axis, min_foreground=min_foreground,
+                         slice_step=slice_step)
     meta = read_dataset_json(src_dir)
     cases = read_msd_cases(src_dir)
     label_names = _label_names(meta, src_dir)
@@ -197,7 +199,8 @@ def convert_msd(src_dir: str | Path, out_path: str | Path, *, channels: Sequence
     modality = meta.get("modality") or {}
     channel_names = [str(modality.get(str(c), f"channel{c}")) for c in selected]
     options = {"size": list(opts.size), "normalise": normalise, "window": None if window is None else list(window),
-               "channels": selected, "axis": axis, "min_foreground": float(min_foreground)}
+               "channels": selected, "axis": axis, "min_foreground": float(min_foreground),
+               "slice_step": opts.slice_step}
     jobs = [(cid, _loader(cid, image, label, selected, label_names, opts)) for cid, image, label in cases]
     write_converted(out_path, jobs, converter=convert_msd, src_dir=src_dir, options=options,
                     channel_names=channel_names, label_names=label_names, dataset=dataset,
