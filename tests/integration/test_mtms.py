@@ -55,9 +55,9 @@ def test_embedded_config_follows_the_thesis(embedded_experiment):
     e = embedded_experiment
     assert e["channels"] == [0, 0, 0] and e["task"] == "segmentation"
     assert list(e["classes"]) == ["background", "wm"] and e["classes"]["wm"] == [3, 4]
-    # embedded scale: teachers on 6 of the 24 training cases, students on half of those (nested subsets)
-    assert e["split"]["subsets"] == {"teacher_cases": {"of": "train", "fraction": 0.25},
-                                     "half": {"of": "train", "fraction": 0.125},
+    # embedded scale: teachers on 12 of the 24 training cases, students on half of those (nested subsets)
+    assert e["split"]["subsets"] == {"teacher_cases": {"of": "train", "fraction": 0.5},
+                                     "half": {"of": "train", "fraction": 0.25},
                                      "val_small": {"of": "val", "fraction": 0.5}}
     assert e["conventions"] == ["engine", "mtms_pooled"] and e["logit_threshold"] == 0.5
     assert e["group"] == "mtms"
