@@ -32,8 +32,12 @@ import struct
 import sys
 import time
 
-PRELOAD = ("numpy", "scipy.ndimage", "scipy.stats", "h5py", "torch", "pandas", "tqdm", "jsonschema", "yaml",
-           "skimage.metrics", "matplotlib")
+PRELOAD = ("numpy", "scipy.ndimage", "scipy.stats", "h5py", "torch", "torch._dynamo", "pandas", "tqdm", "jsonschema",
+           "yaml", "skimage.metrics", "matplotlib")
+"""Imported once by the server. ``torch._dynamo`` is there because creating the first optimizer imports it
+(``torch.optim.Optimizer.__init__`` is wrapped by ``torch._compile``): 2-5 s of every training job here.
+Imports only: nothing is computed before forking (a thread pool started in the server would not survive
+the fork)."""
 _HEADER = struct.Struct("!Q")
 
 
