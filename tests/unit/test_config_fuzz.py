@@ -117,15 +117,16 @@ def test_every_mutation_plans_or_names_the_key(mutation):
 
 
 def test_unknown_names_fail_at_planning_time():
+    exp = next(e for e, x in MERGED["experiments"].items() if "student_kd" in x["models"]
+               and any("teacher" in t for t in x["models"]["student_kd"]["losses"]))
+    kd = next(i for i, t in enumerate(MERGED["experiments"][exp]["models"]["student_kd"]["losses"]) if "teacher" in t)
     cases = {
-        ("models", "student_kd", "losses", 1, "loss"): ("kl_dvi", "losses/1/loss"),
+        ("models", "student_kd", "losses", kd, "loss"): ("kl_dvi", f"losses/{kd}/loss"),
         ("models", "teacher", "arch"): ("unte", "teacher/arch"),
-        ("models", "student_kd", "losses", 1, "teacher_tap"): ("cache:logit", "losses/1/teacher_tap"),
-        ("models", "student_kd", "losses", 1, "teacher"): ("teachr", "losses/1/teacher"),
+        ("models", "student_kd", "losses", kd, "teacher_tap"): ("cache:logit", f"losses/{kd}/teacher_tap"),
+        ("models", "student_kd", "losses", kd, "teacher"): ("teachr", f"losses/{kd}/teacher"),
         ("models", "student_kd", "losses", 0, "student_tap"): ("out:", "losses/0/student_tap"),
     }
-    exp = next(e for e, x in MERGED["experiments"].items() if "student_kd" in x["models"]
-               and len(x["models"]["student_kd"]["losses"]) > 1)
     for path, (value, where) in cases.items():
         cfg = copy.deepcopy(MERGED)
         node = cfg["experiments"][exp]
