@@ -23,7 +23,10 @@ states the number behind it and the bound it crossed (config ``health:``, defaul
   cases are excluded) by more than ``margin_dice``. Reconstruction and super-resolution: the test PSNR
   is not above the input's (the experiment's ``baseline`` model with arch ``identity``: zero-filled or
   low-resolution image) by more than ``margin_psnr_db``.
-* ``flagged_teacher``: a model distilled from a teacher (its ``teachers``) that carries any flag.
+* ``flagged_teacher``: a model distilled from a teacher (its ``teachers``) that is not sound: one that carries
+  ``trivial_teacher``, ``collapse`` or ``non_finite`` (:data:`UNSOUND_TEACHER`). ``not_converged`` alone does
+  not propagate: a teacher still improving at its last epoch can be a good teacher (the embedded default's
+  short schedules flag most models so), and the student's own numbers show what it learnt.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ HEALTH_DEFAULTS = {
     "converge_gain": 0.1,
 }
 FLAGS = ("non_finite", "not_converged", "collapse", "trivial_teacher", "flagged_teacher")
+UNSOUND_TEACHER = ("non_finite", "collapse", "trivial_teacher")
+"""The teacher flags that make its students ``flagged_teacher``."""
 HEALTH_METRIC = {"segmentation": "dice", "reconstruction": "psnr", "super_resolution": "psnr"}
 
 
@@ -224,9 +229,10 @@ def assess(exp_cfg: dict, metrics: pd.DataFrame, model_dirs, bounds: dict | None
         ]
         flags[model] = [Flag(model, name, s) for name, s in checks if s]
     for model, mcfg in exp_cfg["models"].items():  # teachers have no teachers (config check): one pass
-        bad = [t for t in mcfg.get("teachers", []) if flags.get(t)]
+        unsound = {t: [f.flag for f in flags.get(t, []) if f.flag in UNSOUND_TEACHER] for t in mcfg.get("teachers", [])}
+        bad = [t for t, names in unsound.items() if names]
         if bad:
-            names = "; ".join(f"{t} ({', '.join(f.flag for f in flags[t])})" for t in bad)
+            names = "; ".join(f"{t} ({', '.join(unsound[t])})" for t in bad)
             flags[model].append(Flag(model, "flagged_teacher",
                                      f"distilled from a flagged teacher: {names}; what it learnt from "
                                      f"{'that teacher' if len(bad) == 1 else 'those teachers'} is suspect."))

@@ -218,3 +218,18 @@ def test_markdown_and_latex_escaping():
     assert latex_escape("50% of R&D #1: $x_1$ {a} ~ ^ \\") == (
         r"50\% of R\&D \#1: \$x\_1\$ \{a\} \textasciitilde{} \textasciicircum{} \textbackslash{}")
     assert latex_escape("0.80 ± 0.01 [engine]") == r"0.80 $\pm$ 0.01 {[}engine{]}"
+
+
+def test_a_teacher_only_not_converged_does_not_flag_its_students(tmp_path):
+    """A sound teacher still improving at its last epoch: not_converged on the teacher, nothing on the KD
+    student (flagged_teacher propagates trivial_teacher, collapse and non_finite only)."""
+    cfg, csvs, dirs = make_experiment(
+        tmp_path,
+        teacher_dice={0: [0.85, 0.86, 0.84], 1: [0.86, 0.85, 0.85]},
+        student_values={0: [0.60, 0.70, 0.50], 1: [0.62, 0.68, 0.52]},
+        kd_values={0: [0.65, 0.72, 0.55], 1: [0.66, 0.70, 0.56]},
+        kd_epochs={("teacher", 0): epochs("val_dice", [0.1, 0.2, 0.3, 0.8])})
+    table, _ = run_tables(tmp_path, cfg, csvs, dirs)
+    by_model = table.drop_duplicates("model").set_index("model")
+    assert by_model.loc["teacher", "health"] == "not_converged"
+    assert pd.isna(by_model.loc["student_kd", "health"]) or by_model.loc["student_kd", "health"] == ""
