@@ -39,6 +39,8 @@ PRELOAD = ("numpy", "scipy.ndimage", "scipy.stats", "h5py", "torch", "torch._dyn
 Imports only: nothing is computed before forking (a thread pool started in the server would not survive
 the fork)."""
 _HEADER = struct.Struct("!Q")
+CLIENT_PID_ENV = "MEDKD_CLIENT_PID"
+"""Set in a job run by the server: the pid of its client (what Snakemake started)."""
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -126,6 +128,11 @@ def _handle(conn: socket.socket, owner: int | None = None) -> None:
     for the ``owner`` (Snakemake) to die; in the last two cases the job is killed."""
     msg, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
     request = json.loads(_recv_exact(conn, _HEADER.unpack(msg)[0]))
+    try:  # the client's pid, so that the job publishes no output once its client is gone (medkd.io)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        request["env"] = {**request["env"], CLIENT_PID_ENV: str(struct.unpack("3i", creds)[0])}
+    except (OSError, AttributeError):
+        pass
     pid = os.fork()
     if pid == 0:
         conn.close()

@@ -101,6 +101,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         yield tmp
+        _check_client(path)
         os.replace(tmp, path)
     except BaseException as exc:
         # some writers (torch.save) do not say ENOSPC: a full filesystem, seen before the temporary file is
@@ -113,6 +114,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                                 f"{str(exc)[:200]}); nothing was written under this name. Free space on "
                                 f"{path.parent} and re-run") from exc
         raise
+
+
+class ClientGoneError(RuntimeError):
+    """The job's fork-server client (what Snakemake ran) is gone: Snakemake has recorded the job as failed."""
+
+
+def _check_client(path: Path) -> None:
+    """In a job run by the fork server (``MEDKD_CLIENT_PID`` set): refuse to publish ``path`` when the client
+    is gone. Snakemake has then recorded the job as failed and removed its outputs; an output renamed into
+    place afterwards would be accepted by the next run without Snakemake's record of the job."""
+    client = os.environ.get("MEDKD_CLIENT_PID", "")
+    if client.isdigit() and int(client) != os.getpid() and not pid_alive(int(client)):
+        raise ClientGoneError(f"{path}: not written: the job's client (pid {client}) is gone, so Snakemake has "
+                              f"recorded the job as failed")
 
 
 def _nearly_full(directory: Path, margin: int = 256 * 1024) -> bool:

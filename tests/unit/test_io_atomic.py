@@ -70,3 +70,19 @@ def test_h5_dataset_refuses_before_hdf5_writes_when_space_is_short(tmp_path, mon
         io.h5_dataset(fh, "x", data, compression="gzip")
     with h5py.File(tmp_path / "out.h5", "r") as fh:
         assert fh["x"].shape == (64, 64) and fh["x"].compression == "gzip"
+
+
+def test_a_job_whose_client_is_gone_publishes_nothing(tmp_path, monkeypatch):
+    """A fork-server job whose client was killed (Snakemake recorded a failure) must not rename its output
+    into place afterwards; with a live client (or outside the fork server) the write goes through."""
+    from medkd.io import ClientGoneError
+
+    monkeypatch.setenv("MEDKD_CLIENT_PID", str(_dead_pid()))
+    with pytest.raises(ClientGoneError, match=r"out\.json: not written: the job's client"):
+        write_json(tmp_path / "out.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("MEDKD_CLIENT_PID", str(os.getppid()))
+    write_json(tmp_path / "out.json", {"a": 1})
+    monkeypatch.delenv("MEDKD_CLIENT_PID")
+    write_json(tmp_path / "out2.json", {"a": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out2.json"]
