@@ -18,7 +18,6 @@ to any input error that names a pipeline file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from pathlib import Path
 from typing import Iterator
@@ -109,40 +108,34 @@ def reading(path: str | Path, what: str) -> Iterator[None]:
         raise
 
 
-def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file (``model.pt``'s, recorded in ``summary.json``)."""
+    from medkd.io import file_digest
+
+    return file_digest(path, "sha256")
 
 
-def check_md5(path: str | Path, expected: str | None, source: str) -> None:
-    """Raise :class:`CorruptFileError` when ``path``'s MD5 differs from ``expected`` (recorded in ``source``)."""
+_DIGEST_NAMES = {"md5": "MD5", "sha256": "SHA-256"}
+
+
+def check_digest(path: str | Path, expected: str | None, source: str, algorithm: str = "md5") -> None:
+    """Raise :class:`CorruptFileError` when ``path``'s ``algorithm`` digest differs from ``expected`` (recorded
+    in ``source``); no ``expected``: nothing to check."""
     if not expected:
         return
-    from medkd.io import file_md5
+    from medkd.io import file_digest
 
-    actual = file_md5(path)
+    actual = file_digest(path, algorithm)
     if actual != expected:
-        raise corrupt(path, f"MD5 {actual} differs from {expected} recorded in {source} (the file was altered "
-                            "or rebuilt after its consumers)")
-
-
-def check_sha256(path: str | Path, expected: str | None, source: str) -> None:
-    if not expected:
-        return
-    actual = sha256(path)
-    if actual != expected:
-        raise corrupt(path, f"SHA-256 {actual[:16]}... differs from {expected[:16]}... recorded in {source} "
-                            "(the file was altered)")
+        raise corrupt(path, f"{_DIGEST_NAMES[algorithm]} {actual[:16]}... differs from {expected[:16]}... recorded "
+                            f"in {source} (the file was altered or rebuilt after its consumers)")
 
 
 def check_store_hash(store: str | Path, data_hash: str | None, source: str) -> None:
     """Check the slice store ``store`` against ``data_hash`` (only for slice stores: k-space stores
     derive from the slice store and carry no hash of their own)."""
     if data_hash and "/kspace/" not in str(store).replace("\\", "/"):
-        check_md5(store, data_hash, source)
+        check_digest(store, data_hash, source, "md5")
 
 
 def check_metrics_csv(path: str | Path, columns: list[str]) -> None:

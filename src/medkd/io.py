@@ -197,10 +197,15 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
-def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
-    """MD5 hex digest of a file, read in chunks."""
-    h = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file with ``hashlib`` algorithm ``algorithm`` (``md5``, ``sha256``), read in chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_md5(path: str | Path) -> str:
+    """MD5 hex digest of a file (the slice stores' data hash)."""
+    return file_digest(path, "md5")

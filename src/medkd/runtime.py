@@ -113,13 +113,13 @@ def load_trained(model_dir: str | Path, device: torch.device | str = "cpu",
 def load_weights(model_dir: str | Path, device: torch.device | str = "cpu") -> dict:
     """``model.pt`` of a finished model directory, checked against the SHA-256 its ``summary.json``
     records (:mod:`medkd.integrity`): an altered or truncated checkpoint is an error naming the file."""
-    from medkd.integrity import check_sha256, reading
+    from medkd.integrity import check_digest, reading
 
     model_dir = Path(model_dir)
     summary_path = model_dir / "summary.json"
     if summary_path.exists():
         summary = read_json(summary_path)
-        check_sha256(model_dir / "model.pt", summary.get("model_sha256"), str(summary_path))
+        check_digest(model_dir / "model.pt", summary.get("model_sha256"), str(summary_path), "sha256")
     with reading(model_dir / "model.pt", "checkpoint"):
         return torch.load(model_dir / "model.pt", map_location=device, weights_only=True)
 
