@@ -1,11 +1,13 @@
 """The teacher cache: a teacher's outputs and uncertainty maps on every slice students train or validate on.
 
 Computed once per (teacher, seed) and shared by every student variant that reads ``cache:<key>`` taps.
+Only the cases those students read are cached: the union of their training subsets and validation splits
+(:func:`medkd.config.cache_splits`; e.g. P-CD's students read 6 training and 4 validation cases of 32).
 File ``results/<exp>/cache/<teacher>/seed<k>.h5``:
 
 * root attrs: ``teacher``, ``experiment``, ``seed``, ``spec_hash`` (of the teacher), ``task``,
-  ``keys`` (JSON list), ``confidence_temperature``;
-* group ``cases/<case_id>`` per case of the train and val splits (and their subsets), datasets:
+  ``keys`` (JSON list), ``splits`` (JSON list of the split / subset names cached), ``confidence_temperature``;
+* group ``cases/<case_id>`` per case of those splits (each case once), datasets:
 
   - ``logits`` float32 (S, C, H, W): the teacher's main output (segmentation logits; for reconstruction the
     predicted image (S, 1, H, W), stored under ``output``);
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -38,17 +41,24 @@ from medkd.datasets import load_split
 from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
 
-CACHED_SPLITS = ("train", "val")  # students train on train (or a subset of it) and validate on val
+CACHED_SPLITS = ("train", "val")  # the default: every case a student could train or validate on
 
 
 @torch.no_grad()
 def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Path, out_path: str | Path,
-                batch_size: int = 16, settings: RunSettings | None = None) -> dict:
-    """Run the best teacher checkpoint over the train and val cases and write the cache file, under the
-    teacher's training precision (``train.precision`` autocast; the stored maps are float32).
+                batch_size: int = 16, settings: RunSettings | None = None,
+                splits: Sequence[str] = CACHED_SPLITS) -> dict:
+    """Run the best teacher checkpoint over the cases of ``splits`` (split or subset names of the split
+    file; a case in several is cached once) and write the cache file, under the teacher's training
+    precision (``train.precision`` autocast; the stored maps are float32).
 
     Returns a small summary (cases, slices, keys).
+
+    Raises:
+        ValueError: no split names, or a name that is neither a split nor a subset of the split file.
     """
+    if not splits:
+        raise ValueError("build_cache: no split or subset names to cache")
     settings = settings or RunSettings()
     dev = settings.apply()
     model, spec = load_trained(teacher_dir, dev, settings)
@@ -60,10 +70,11 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
     n_slices = 0
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         cases_done = []
-        for split_name in CACHED_SPLITS:
+        for split_name in splits:
             data = load_split(spec, store, split_path, split_name)
             runs = data.case_slices()
-            for cid in tqdm(sorted(runs), desc=f"cache {spec.model} {split_name}", unit="case", disable=None):
+            todo = sorted(set(runs) - set(cases_done))
+            for cid in tqdm(todo, desc=f"cache {spec.model} {split_name}", unit="case", disable=None):
                 idx = torch.as_tensor(runs[cid])
                 outs, mc = [], []
                 for start in range(0, len(idx), batch_size):
@@ -94,6 +105,6 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
         fh.attrs.update({
             "teacher": spec.model, "experiment": spec.experiment, "task": spec.task,
             "spec_hash": json.loads((Path(teacher_dir) / "summary.json").read_text())["spec_hash"],
-            "keys": json.dumps(keys), "confidence_temperature": temp,
+            "keys": json.dumps(keys), "splits": json.dumps(list(splits)), "confidence_temperature": temp,
         })
     return {"cases": len(cases_done), "slices": n_slices, "keys": keys}

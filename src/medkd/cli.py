@@ -215,10 +215,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from medkd.cache import build_cache
+    from medkd.cache import CACHED_SPLITS, build_cache
 
     _check_model_inputs(args.teacher_dir, args.store)
-    print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, settings=_run_settings(args))))
+    splits = [s for s in args.splits.split(",") if s] if args.splits else list(CACHED_SPLITS)
+    print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, settings=_run_settings(args),
+                                 splits=splits)))
 
 
 def cmd_infer(args) -> None:
@@ -414,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_run_settings(sp)
         if name == "infer":
             sp.add_argument("--split-name", default="test")
+        else:
+            sp.add_argument("--splits", metavar="NAME[,NAME...]",
+                            help="split or subset names whose cases are cached (default: train,val)")
 
     sp = add("evaluate", cmd_evaluate, "per-case metrics CSV of a predictions file")
     for a in ("--predictions", "--model-dir", "--store", "--split", "--out"):

@@ -7,6 +7,10 @@ short sequence of named steps:
    with the cached teacher outputs the loss terms read (``cache:<key>`` taps); build the model from the
    registry, the :class:`~medkd.objective.Objective` (each loss's ``setup`` hook receives the teachers'
    summaries), online teachers (frozen, loaded from their best checkpoint), optimiser and schedule;
+   :func:`precompute_teachers` runs the online teachers once over the training and validation slices and
+   keeps their outputs and tapped features in memory, so an epoch reads them instead of running the
+   teachers again (frozen teachers in eval mode give the same values every epoch; above
+   ``PRECOMPUTE_LIMIT_BYTES`` the teachers run per batch as before);
 2. :func:`resume` - continue from ``last.pt`` when it was written for the same spec hash and seed;
 3. :func:`train_epoch` - one pass over a seeded permutation of the training slices;
 4. :func:`validate` and :func:`select` - score the validation split after every epoch and keep the best
@@ -60,6 +64,8 @@ from medkd.spec import ModelSpec, term_keys
 
 log = logging.getLogger("medkd.train")
 
+PRECOMPUTE_LIMIT_BYTES = 2 * 1024**3  # online teachers' outputs kept per job; above it they run per batch
+
 
 @dataclass
 class TrainInputs:
@@ -105,8 +111,21 @@ class Run:
     mode: str
     settings: RunSettings = field(default_factory=RunSettings)
 
+    precomputed: dict = field(default_factory=dict)  # "train"/"val" -> teacher -> TeacherOutputs
+
     def to_device(self, batch: dict) -> dict:
         return to_device(batch, self.device, self.settings.channels_last)
+
+    def teacher_outputs(self, split: str, index: torch.Tensor, batch: dict) -> dict:
+        """Online teacher name -> (tap reader, output) on the slices ``index`` of ``split`` ("train" or
+        "val"): read from :attr:`precomputed`, or by running the teachers on ``batch``."""
+        if not self.teachers:
+            return {}
+        pre = self.precomputed.get(split)
+        if pre is not None:
+            return {name: outputs.select(index) for name, outputs in pre.items()}
+        with torch.no_grad():
+            return {name: (rec, forward_model(t, batch)) for name, (t, rec) in self.teachers.items()}
 
     def autocast(self):
         return autocast(self.device, self.spec.train.precision)
@@ -201,9 +220,90 @@ def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device,
         raise ValueError(f"{spec.model}: nothing to train (no parameters); set train.epochs to 0 for a baseline")
     optimizer = build_optimizer(params, tcfg.optimizer) if params else None
     scheduler = build_scheduler(optimizer, tcfg.scheduler, tcfg.epochs) if optimizer else None
-    return Run(spec=spec, seed=seed, device=device, train_data=train_data, val_data=val_data, model=model,
-               objective=objective, recorder=recorder, teachers=teachers, optimizer=optimizer, scheduler=scheduler,
-               scaler=grad_scaler(device, tcfg.precision), metric=metric, mode=mode, settings=settings)
+    run = Run(spec=spec, seed=seed, device=device, train_data=train_data, val_data=val_data, model=model,
+              objective=objective, recorder=recorder, teachers=teachers, optimizer=optimizer, scheduler=scheduler,
+              scaler=grad_scaler(device, tcfg.precision), metric=metric, mode=mode, settings=settings)
+    if teachers and tcfg.epochs > 0:
+        t0, budget = time.perf_counter(), PRECOMPUTE_LIMIT_BYTES
+        for split, data in (("train", train_data), ("val", val_data)):
+            pre = precompute_teachers(run, data, limit_bytes=budget)
+            if pre is None:
+                run.precomputed.clear()
+                break
+            run.precomputed[split] = pre
+            budget -= sum(p.nbytes for p in pre.values())
+        if run.precomputed:
+            log.info("online teachers %s precomputed on %d + %d slices in %.1f s", sorted(teachers),
+                     len(train_data), len(val_data), time.perf_counter() - t0)
+    return run
+
+
+class RecordedTaps(TapRecorder):
+    """The tapped features of one batch, read from precomputed tensors; resolves taps like the
+    :class:`TapRecorder` that recorded them (``out``, ``out:<key>``, module paths)."""
+
+    def __init__(self, features: dict[str, torch.Tensor]):  # noqa: super().__init__ would register hooks
+        self.features = features
+        self._handles = []
+
+
+@dataclass
+class TeacherOutputs:
+    """One online teacher's output and tapped features on every slice of a split, stacked on dim 0."""
+
+    output: "torch.Tensor | dict[str, torch.Tensor]"
+    features: dict[str, torch.Tensor]
+
+    def select(self, index: torch.Tensor) -> tuple[RecordedTaps, object]:
+        """(tap reader, output) of the slices at positions ``index``."""
+        out = ({k: v[index] for k, v in self.output.items()} if isinstance(self.output, dict)
+               else self.output[index])
+        return RecordedTaps({k: v[index] for k, v in self.features.items()}), out
+
+    @property
+    def nbytes(self) -> int:
+        tensors = list(self.output.values()) if isinstance(self.output, dict) else [self.output]
+        return sum(t.numel() * t.element_size() for t in tensors + list(self.features.values()))
+
+
+def _stackable(value) -> bool:
+    return torch.is_tensor(value) or (isinstance(value, dict) and all(torch.is_tensor(v) for v in value.values()))
+
+
+@torch.no_grad()
+def precompute_teachers(run: Run, data: datasets.SliceData, batch_size: int = 16,
+                        limit_bytes: int = PRECOMPUTE_LIMIT_BYTES) -> dict[str, TeacherOutputs] | None:
+    """Every online teacher's output and tapped features on all slices of ``data``, in slice order, under
+    the run's precision; None (the teachers then run per batch) when an output or a feature is not a
+    tensor (or a dict of tensors), or when the tensors would exceed ``limit_bytes`` (estimated from the
+    first batch, counting every online teacher)."""
+    if not run.teachers or len(data) == 0:
+        return None
+    n = len(data)
+    chunks: dict[str, list] = {name: [] for name in run.teachers}
+    for start in range(0, n, batch_size):
+        batch = run.to_device(data.batch(torch.arange(start, min(start + batch_size, n))))
+        with run.autocast():
+            for name, (teacher, rec) in run.teachers.items():
+                out = forward_model(teacher, batch)
+                feats = dict(rec.features)
+                if not _stackable(out) or not all(torch.is_tensor(v) for v in feats.values()):
+                    log.info("teacher %s: a tapped value is not a tensor; it runs with every batch", name)
+                    return None
+                chunks[name].append(TeacherOutputs(out, feats))
+        if start == 0:
+            per_slice = sum(c[0].nbytes for c in chunks.values()) / batch["image"].shape[0]
+            if per_slice * n > limit_bytes:
+                log.info("teacher outputs of %d slices would take %.0f MB (limit %.0f MB); teachers run with "
+                         "every batch", n, per_slice * n / 2**20, limit_bytes / 2**20)
+                return None
+    result = {}
+    for name, parts in chunks.items():
+        first = parts[0].output
+        output = ({k: torch.cat([p.output[k] for p in parts]) for k in first} if isinstance(first, dict)
+                  else torch.cat([p.output for p in parts]))
+        result[name] = TeacherOutputs(output, {k: torch.cat([p.features[k] for p in parts]) for k in parts[0].features})
+    return result
 
 
 # ------------------------------------------------------------------------------------------ resume / checkpoint
@@ -272,13 +372,11 @@ def train_epoch(run: Run, state: TrainState, epoch: int) -> dict:
     sums: dict[str, float] = {}
     total_sum, seen = 0.0, 0
     for start in range(0, len(perm), bs):
-        batch = run.to_device(data.batch(perm[start : start + bs]))
+        index = perm[start : start + bs]
+        batch = run.to_device(data.batch(index))
         with run.autocast():
             output = forward_model(run.model, batch)
-            t_out = {}
-            if run.teachers:
-                with torch.no_grad():
-                    t_out = {name: (rec, forward_model(t, batch)) for name, (t, rec) in run.teachers.items()}
+            t_out = run.teacher_outputs("train", index, batch)
             loss, parts = run.objective(output, run.recorder, t_out, batch, epoch)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -322,10 +420,11 @@ def validate(run: Run, epoch: int) -> dict:
     loss_sum, sq_err, n_pix, n, bs = 0.0, 0.0, 0, len(data), spec.train.batch_size
     term_sums: dict[str, float] = {}
     for start in range(0, n, bs):
-        batch = run.to_device(data.batch(torch.arange(start, min(start + bs, n))))
+        index = torch.arange(start, min(start + bs, n))
+        batch = run.to_device(data.batch(index))
         with run.autocast():
             output = forward_model(model, batch)
-            t_out = {name: (rec, forward_model(t, batch)) for name, (t, rec) in run.teachers.items()}
+            t_out = run.teacher_outputs("val", index, batch)
             loss, parts = run.objective(output, run.recorder, t_out, batch, epoch)
         b = batch["image"].shape[0]
         loss_sum += float(loss) * b

@@ -166,6 +166,28 @@ def test_corrupt_cache_stops_the_student(wd, capsys, how):
     _no_output(out / "model.pt")
 
 
+def test_cache_holds_only_the_named_splits_and_a_student_outside_them_stops(wd, capsys):
+    """`medkd cache --splits val` caches exactly the validation cases; a student that trains on the
+    training split then stops before training, naming the cache file and the missing case."""
+    import h5py
+
+    split = json.loads((wd / SPLIT).read_text())["splits"]
+    cache = wd / "results/x/cache_val.h5"
+    code, text = _cli(wd, ["cache", "--teacher-dir", TEACHER, "--store", STORE, "--split", SPLIT,
+                           "--splits", "val,val", "--out", str(cache), "--device", "cpu"], capsys)
+    assert code == 0, text
+    with h5py.File(cache, "r") as fh:
+        assert sorted(fh["cases"]) == sorted(split["val"])  # a name given twice is cached once
+        assert json.loads(fh.attrs["splits"]) == ["val", "val"]
+    out = wd / "results/x/student_kd"
+    code, text = _cli(wd, ["train", "--spec", _spec(wd, "student_kd"), "--seed", "0", "--store", STORE,
+                           "--split", SPLIT, "--cache", f"teacher={cache}",
+                           "--teacher-summary", f"teacher={TEACHER}/summary.json", "--out", str(out),
+                           "--device", "cpu"], capsys)
+    assert code != 0 and str(cache) in text and f"teacher cache has no case {sorted(split['train'])[0]!r}" in text, text
+    _no_output(out / "model.pt")
+
+
 def test_truncated_predictions_stop_evaluation(wd, capsys):
     pred = "results/tiny/predictions/teacher/seed0.h5"
     _truncate(wd / pred)

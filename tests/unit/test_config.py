@@ -93,3 +93,17 @@ def test_include_merges_experiments(tmp_path, raw):
     main["include"] = ["extra.yaml"]
     cfg = load_config(main, root=tmp_path)
     assert set(cfg["experiments"]) == {"hinton_tissue", "copy"}
+
+
+def test_cache_splits_are_the_cases_its_students_read():
+    """A teacher cache holds the union of its cache-reading students' training subsets and validation
+    splits, in config order, each name once; a teacher no student reads from the cache gets train + val."""
+    from medkd.config import cache_splits
+
+    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
+    assert cache_splits(cfg, "pcd_wm", "teacher") == ["pcd_cases", "val_small"]  # 6 + 4 of 32 cases
+    assert cache_splits(cfg, "hinton_tissue", "teacher") == ["train", "val_small"]
+    assert cache_splits(cfg, "mtms_wm", "t1") == ["train", "val"]  # read online only: nothing narrows it
+    kd = cfg["experiments"]["pcd_wm"]["models"]["kd"]
+    kd["train"] = {**kd["train"], "val_split": "val"}  # the students share one YAML anchor: copy it
+    assert cache_splits(cfg, "pcd_wm", "teacher") == ["pcd_cases", "val", "val_small"]

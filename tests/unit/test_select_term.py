@@ -88,7 +88,8 @@ def fake_run(spec):
     return SimpleNamespace(model=model, val_data=FixedData(), spec=spec, device=device, teachers={},
                            objective=objective, recorder=TapRecorder(model, objective.student_taps()),
                            to_device=lambda batch: to_device(batch, device),
-                           autocast=lambda: autocast(device, spec.train.precision))
+                           autocast=lambda: autocast(device, spec.train.precision),
+                           teacher_outputs=lambda split, index, batch: {})
 
 
 def test_validate_reports_every_term_unweighted_and_selects_on_the_named_one(raw, tmp_path):

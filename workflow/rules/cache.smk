@@ -1,5 +1,5 @@
-# cache: a teacher's logits and uncertainty maps on the train and val slices, computed once per seed
-# and read by every student that distils from it.
+# cache: a teacher's logits and uncertainty maps on the cases its cache-reading students train and validate on
+# (medkd.config.cache_splits), computed once per seed and read by every student that distils from it.
 
 
 rule cache:
@@ -13,6 +13,7 @@ rule cache:
         run=RUN_FLAGS,
         code=model_code("cache"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
+        splits=lambda w: ",".join(cache_splits(CFG, w.exp, w.model)),  # only the cases its students read
     threads: NET_THREADS
     resources:
         **job_resources("cache"),
@@ -22,4 +23,4 @@ rule cache:
         "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd cache --teacher-dir {params.model_dir} --store {input.store} --split {input.split}"
-        " --out {output.cache} {params.run} --threads {threads} > {log} 2>&1"
+        " --splits {params.splits} --out {output.cache} {params.run} --threads {threads} > {log} 2>&1"

@@ -11,7 +11,8 @@ from functools import lru_cache  # noqa: E402
 from medkd import resources as _resources  # noqa: E402
 from medkd.codehash import code_hash  # noqa: E402
 from medkd.config import (  # noqa: E402
-    ConfigError, canonical_json, config_digest, experiment_seeds, load_config, model_spec as _model_spec,
+    ConfigError, cache_splits, canonical_json, config_digest, experiment_seeds, load_config,
+    model_spec as _model_spec,
 )
 from medkd.spec import spec_hash  # noqa: E402
 
