@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", nargs="+", required=True)
     sp.add_argument("--paper-table", help="paper_<group>.csv of the experiment's group")
     sp.add_argument("--robustness", help="<exp>_robustness.csv")
-    sp.add_argument("--runs", help="results/mlflow/runs.json (MLflow run ids)")
+    sp.add_argument("--runs", help="results/mlflow/runs/<exp>.json (the experiment's MLflow run ids)")
 
     sp = add("paper-numbers", cmd_paper_numbers, "every paper number with its verdict (CSV + HTML)")
     for a in ("--run-summary", "--paper-config", "--not-reproduced", "--csv", "--html"):
@@ -498,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("collect", cmd_collect, "all experiments' tables -> results/tables/all.csv")
     sp.add_argument("--tables", nargs="+", required=True)
     sp.add_argument("--robustness", nargs="*", default=[], help="<exp>_robustness.csv summaries")
-    sp.add_argument("--runs", required=True)
+    sp.add_argument("--runs", required=True, nargs="+",
+                    help="results/mlflow/runs/<exp>.json of every experiment (MLflow run ids)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--health-md", help="health summary of every model (default: health.md beside --out)")
     return p

@@ -1,7 +1,9 @@
 """Replay finished runs into MLflow: files are the source of truth, MLflow mirrors them.
 
-Jobs never talk to MLflow; the ``track`` stage is the only writer, so parallel or cluster jobs never
-fight over one SQLite database (and the database is created once, by this single process).
+Jobs never talk to MLflow; only the ``track`` stage writes, one job per experiment as soon as that
+experiment's tables exist. Its jobs take turns on an SQLite store: :func:`store_lock` holds an exclusive
+lock on ``<store>.lock`` (e.g. ``results/mlflow.db.lock``) for the whole of :func:`sync_runs`, so two
+experiments finishing together never fight over the database (and it is created once).
 
 Layout, in the MLflow experiment ``<prefix>/<experiment>`` (experiment tag ``mlflow.experimentKind =
 custom_model_development``, so MLflow 3's UI opens it on the runs view of a model-training experiment):
@@ -38,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +119,36 @@ def create_sqlite_store(tracking_uri: str) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def store_lock(tracking_uri: str):
+    """An exclusive ``fcntl.flock`` on ``<sqlite path>.lock`` while the block runs (one writer at a time,
+    across processes on the machine or a shared file system that supports flock); a no-op for other
+    tracking URIs, whose servers serialise writes themselves. The lock file stays (removing it could let
+    two writers lock two different files)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(tracking_uri[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
+        yield
+
+
 def sync_runs(runs: list[dict], tracking_uri: str, prefix: str, artifact_root: str | Path,
               out_json: str | Path, experiments: dict | None = None, log_models: bool = True) -> dict:
-    """Mirror ``runs`` into MLflow. Each run dict: key (``exp/model/seedK``), experiment, model, seed,
-    model_dir, metrics_csv, table_md. ``experiments``: experiment -> {"files": experiment-level
-    artifacts (figures, tables), "dataset": name, "store": slice store path, "fingerprint": its JSON,
-    "description": text}."""
+    """Mirror ``runs`` into MLflow, holding :func:`store_lock`. Each run dict: key (``exp/model/seedK``),
+    experiment, model, seed, model_dir, metrics_csv, table_md. ``experiments``: experiment -> {"files":
+    experiment-level artifacts (figures, tables), "dataset": name, "store": slice store path,
+    "fingerprint": its JSON, "description": text}."""
+    with store_lock(tracking_uri):
+        return _sync_runs(runs, tracking_uri, prefix, artifact_root, out_json, experiments, log_models)
+
+
+def _sync_runs(runs: list[dict], tracking_uri: str, prefix: str, artifact_root: str | Path,
+               out_json: str | Path, experiments: dict | None, log_models: bool) -> dict:
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -434,7 +434,7 @@ def test_reading_mlflow_while_track_writes_does_not_corrupt(wd):
     """`make ui` reads results/mlflow.db while the track rule writes it: readers see consistent data (or wait),
     the store passes SQLite's integrity check and holds every run afterwards."""
     (wd / "results/mlflow.db").unlink()
-    (wd / "results/mlflow/runs.json").unlink()
+    (wd / "results/mlflow/runs/tiny.json").unlink()
     shutil.rmtree(wd / "results/mlflow/artifacts", ignore_errors=True)
     db = wd / "results/mlflow.db"
     stop, seen, errors = threading.Event(), [], []
@@ -454,7 +454,7 @@ def test_reading_mlflow_while_track_writes_does_not_corrupt(wd):
     for t in threads:
         t.start()
     try:
-        proc = snakemake(["--cores", "1", "results/mlflow/runs.json", "--configfile", "tiny.yaml", "--forcerun",
+        proc = snakemake(["--cores", "1", "results/mlflow/runs/tiny.json", "--configfile", "tiny.yaml", "--forcerun",
                           "track"], wd)
     finally:
         stop.set()

@@ -208,7 +208,7 @@ def test_mlflow_ui_lists_parent_and_child_runs(mlflow_ui, tiny_workflow, tmp_pat
     from mlflow.tracking import MlflowClient
     from selenium.webdriver.common.by import By
 
-    runs = json.loads((tiny_workflow / "results/mlflow/runs.json").read_text())
+    runs = json.loads((tiny_workflow / "results/mlflow/runs/tiny.json").read_text())
     client = MlflowClient(f"sqlite:///{tiny_workflow / 'results' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("medkd-test/tiny")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -28,7 +28,7 @@ def test_tables_and_tracking(tiny_workflow):
     assert table["mlflow_run_ids"].str.len().gt(0).all()
     hd = table[(table.metric == "hd95")]
     assert (hd["mean"] >= 0).all()
-    runs = json.loads((wd / "results/mlflow/runs.json").read_text())
+    runs = json.loads((wd / "results/mlflow/runs/tiny.json").read_text())
     assert sorted(k for k in runs if k.count("/") == 2) == ["tiny/student/seed0", "tiny/student_kd/seed0",
                                                             "tiny/teacher/seed0"]
     assert sorted(k for k in runs if k.count("/") == 1) == ["tiny/student", "tiny/student_kd", "tiny/teacher"]

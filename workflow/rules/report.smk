@@ -88,7 +88,7 @@ rule collect:
         tables=expand("results/tables/{exp}.csv", exp=EXPERIMENTS),
         paper_tables=expand("results/tables/paper_{group}.md", group=list(GROUPS)),
         robustness=[f"results/tables/{e}_robustness.csv" for e in EXPERIMENTS if "robustness" in exp_cfg(e)],
-        runs="results/mlflow/runs.json",
+        runs=expand("results/mlflow/runs/{exp}.json", exp=EXPERIMENTS),
     output:
         all=report("results/tables/all.csv", caption="../report/all.rst", category="Overview",
                    labels={"page": "all.csv: every experiment, long format"}),
@@ -132,7 +132,7 @@ rule report_pages:
         metrics=lambda w: [f"results/{w.exp}/metrics/{m}/seed{s}.csv" for m, s in all_runs(w.exp)],
         paper=lambda w: [f"results/tables/paper_{exp_cfg(w.exp)['group']}.csv"] if "group" in exp_cfg(w.exp) else [],
         robustness=lambda w: [f"results/tables/{w.exp}_robustness.csv"] if "robustness" in exp_cfg(w.exp) else [],
-        runs="results/mlflow/runs.json",
+        runs="results/mlflow/runs/{exp}.json",
     output:
         table=report("results/report/{exp}/table.html", caption="../report/table.rst", category="{exp}",
                      subcategory="Tables", labels={"table": "experiment table"}),

@@ -1,26 +1,28 @@
-# track: the single MLflow writer. Mirrors every finished run into an SQLite store after the tables and
-# figures exist: a parent run per (experiment, model) with the mean and sd over seeds, a child run per seed
-# (params, epoch and loss-term curves with the training's timestamps, test metrics, the model), the
-# experiment's figures, provenance and source tags, the slice store as input dataset (medkd.tracking).
+# track: mirrors an experiment's finished runs into the SQLite store as soon as its tables and figures
+# exist (one job per experiment, so tracking overlaps the other experiments' training): a parent run per
+# (experiment, model) with the mean and sd over seeds, a child run per seed (params, epoch and loss-term
+# curves with the training's timestamps, test metrics, the model), the experiment's figures, provenance and
+# source tags, the slice store as input dataset (medkd.tracking). The jobs take turns on the store: each
+# holds an exclusive lock on results/mlflow.db.lock while it writes.
 
 
 rule track:
     input:
-        tables=expand("results/tables/{exp}.md", exp=EXPERIMENTS),
-        metrics=[f"results/{e}/metrics/{m}/seed{s}.csv" for e in EXPERIMENTS for m, s in all_runs(e)],
-        summaries=[f"{model_dir(e, m, s)}/summary.json" for e in EXPERIMENTS for m, s in all_runs(e)],
-        figures=[f for e in EXPERIMENTS for f in experiment_figures(e)],
-        verdicts=expand("results/tables/{exp}_verdicts.csv", exp=EXPERIMENTS),
+        table="results/tables/{exp}.md",
+        metrics=lambda w: [f"results/{w.exp}/metrics/{m}/seed{s}.csv" for m, s in all_runs(w.exp)],
+        summaries=lambda w: [f"{model_dir(w.exp, m, s)}/summary.json" for m, s in all_runs(w.exp)],
+        figures=lambda w: experiment_figures(w.exp),
+        verdicts="results/tables/{exp}_verdicts.csv",
     output:
-        runs="results/mlflow/runs.json",
+        runs="results/mlflow/runs/{exp}.json",
     params:
         code=code("track"),
         uri=CFG["mlflow"]["tracking_uri"],
         prefix=CFG["mlflow"]["experiment_prefix"],
-        model_dirs=" ".join(model_dir(e, m, s) for e in EXPERIMENTS for m, s in all_runs(e)),
-        experiments=canonical_json(track_experiments()),
+        model_dirs=lambda w: " ".join(model_dir(w.exp, m, s) for m, s in all_runs(w.exp)),
+        experiments=lambda w: canonical_json({w.exp: track_experiments()[w.exp]}),
     log:
-        "results/logs/track.log",
+        "results/logs/track/{exp}.log",
     conda:
         "../../envs/tracking.yaml"
     shell:

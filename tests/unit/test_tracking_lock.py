@@ -1,0 +1,31 @@
+"""The track jobs of different experiments take turns on an SQLite store (medkd.tracking.store_lock)."""
+
+from __future__ import annotations
+
+import threading
+
+from medkd.tracking import store_lock
+
+
+def test_a_second_writer_waits_for_the_first(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    entered = threading.Event()
+
+    def second():
+        with store_lock(uri):
+            entered.set()
+
+    with store_lock(uri):
+        t = threading.Thread(target=second)
+        t.start()
+        assert not entered.wait(0.5), "the second writer got the lock while the first held it"
+    assert entered.wait(10), "the second writer never got the lock"
+    t.join()
+    assert (tmp_path / "mlflow.db.lock").exists()
+
+
+def test_other_backends_are_not_locked(tmp_path):
+    with store_lock("http://127.0.0.1:5000"):
+        with store_lock("http://127.0.0.1:5000"):  # would deadlock if it locked anything
+            pass
+    assert not list(tmp_path.iterdir())
