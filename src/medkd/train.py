@@ -9,8 +9,10 @@ short sequence of named steps:
    summaries), online teachers (frozen, loaded from their best checkpoint), optimiser and schedule;
    :func:`precompute_teachers` runs the online teachers once over the training and validation slices and
    keeps their outputs and tapped features in memory, so an epoch reads them instead of running the
-   teachers again (frozen teachers in eval mode give the same values every epoch; above
-   ``PRECOMPUTE_LIMIT_BYTES`` the teachers run per batch as before);
+   teachers again (frozen teachers in eval mode give the same values every epoch, up to float rounding
+   between batch compositions; in batches of the training batch size, which CPU convolutions of some
+   models prefer; runs of one epoch and runs above ``PRECOMPUTE_LIMIT_BYTES`` run the teachers per
+   batch as before);
 2. :func:`resume` - continue from ``last.pt`` when it was written for the same spec hash and seed;
 3. :func:`train_epoch` - one pass over a seeded permutation of the training slices;
 4. :func:`validate` and :func:`select` - score the validation split after every epoch and keep the best
@@ -223,10 +225,10 @@ def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device,
     run = Run(spec=spec, seed=seed, device=device, train_data=train_data, val_data=val_data, model=model,
               objective=objective, recorder=recorder, teachers=teachers, optimizer=optimizer, scheduler=scheduler,
               scaler=grad_scaler(device, tcfg.precision), metric=metric, mode=mode, settings=settings)
-    if teachers and tcfg.epochs > 0:
+    if teachers and tcfg.epochs > 1:  # with one epoch each slice meets the teacher once anyway
         t0, budget = time.perf_counter(), PRECOMPUTE_LIMIT_BYTES
         for split, data in (("train", train_data), ("val", val_data)):
-            pre = precompute_teachers(run, data, limit_bytes=budget)
+            pre = precompute_teachers(run, data, batch_size=tcfg.batch_size, limit_bytes=budget)
             if pre is None:
                 run.precomputed.clear()
                 break
