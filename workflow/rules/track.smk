@@ -21,6 +21,8 @@ rule track:
         prefix=CFG["mlflow"]["experiment_prefix"],
         model_dirs=lambda w: " ".join(model_dir(w.exp, m, s) for m, s in all_runs(w.exp)),
         experiments=lambda w: canonical_json({w.exp: track_experiments()[w.exp]}),
+    resources:
+        mlflow_store=1,  # profiles/default allows one at a time, so no core waits on the store's lock
     log:
         "results/logs/track/{exp}.log",
     conda:
