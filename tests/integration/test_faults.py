@@ -392,9 +392,11 @@ def test_disk_full_under_snakemake_then_complete(tiny_workflow, tmp_path):
 
 
 def test_second_snakemake_is_refused_while_one_runs(wd):
-    """Two invocations on one results/: the second is refused by Snakemake's lock and the first completes."""
+    """Two invocations on one results/: the second is refused by Snakemake's lock and the first completes.
+    The first re-trains every model, so it still holds the lock when the second checks it (a first run that
+    ends while the second reads the lock files makes Snakemake's own check fail with FileNotFoundError)."""
     env = gauntlet.env()
-    cmd = gauntlet.command("tiny.yaml") + ["--forcerun", "tables"]
+    cmd = gauntlet.command("tiny.yaml") + ["--forcerun", "train"]
     first = subprocess.Popen(cmd, cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
