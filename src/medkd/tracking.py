@@ -102,12 +102,16 @@ def create_sqlite_store(tracking_uri: str) -> None:
     """Create a new SQLite store atomically: MLflow builds its schema in a temporary file, which is then
     renamed to the store's name. A ``track`` job killed while MLflow creates the tables (a few seconds of
     migrations) would otherwise leave a half-built database that every later run refuses
-    ("table ... already exists"). Existing stores and other backends are left alone."""
+    ("table ... already exists"). The temporary file of a writer killed meanwhile is removed by the next
+    call (:func:`medkd.io.remove_stale_tmps`). Existing stores and other backends are left alone."""
     import os
+
+    from medkd.io import remove_stale_tmps
 
     if not tracking_uri.startswith("sqlite:///"):
         return
     path = Path(tracking_uri[len("sqlite:///"):])
+    remove_stale_tmps(path.parent)  # the half-built store of a writer killed during the migrations
     if path.exists():
         return
     from mlflow.tracking import MlflowClient

@@ -29,3 +29,20 @@ def test_other_backends_are_not_locked(tmp_path):
         with store_lock("http://127.0.0.1:5000"):  # would deadlock if it locked anything
             pass
     assert not list(tmp_path.iterdir())
+
+
+def test_a_killed_writers_half_built_store_is_removed(tmp_path):
+    """A track job killed while MLflow built the store's schema leaves .mlflow.db.tmp-<pid>; the next
+    call removes it and builds the store."""
+    import subprocess
+
+    from medkd.tracking import create_sqlite_store
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".mlflow.db.tmp-{dead.pid}"
+    stale.write_bytes(b"SQLite format 3\0 half written")
+    create_sqlite_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not stale.exists()
+    assert (tmp_path / "mlflow.db").read_bytes()[:16] == b"SQLite format 3\0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
