@@ -69,7 +69,7 @@ def pid_alive(pid: int) -> bool:
 
 def remove_stale_tmps(directory: str | Path) -> list[Path]:
     """Delete the temporary files (and folders) of :func:`atomic_path` in ``directory`` whose writer
-    process is gone (a killed job); returns what was removed."""
+    process is gone (a killed job), with their sidecars (``<tmp>-journal``); returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -79,7 +79,8 @@ def remove_stale_tmps(directory: str | Path) -> list[Path]:
         name = entry.name
         if not name.startswith(".") or TMP_MARK not in name:
             continue
-        pid = name.rsplit(TMP_MARK, 1)[1]
+        # .<name>.tmp-<pid>, or a sidecar of it such as SQLite's .<name>.tmp-<pid>-journal
+        pid = name.rsplit(TMP_MARK, 1)[1].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             if entry.is_dir(follow_symlinks=False):  # a folder written then renamed (embedded generator)
                 import shutil

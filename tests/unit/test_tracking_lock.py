@@ -42,7 +42,9 @@ def test_a_killed_writers_half_built_store_is_removed(tmp_path):
     dead.wait()
     stale = tmp_path / f".mlflow.db.tmp-{dead.pid}"
     stale.write_bytes(b"SQLite format 3\0 half written")
+    journal = tmp_path / f".mlflow.db.tmp-{dead.pid}-journal"  # SQLite's rollback journal beside it
+    journal.write_bytes(b"\0" * 512)
     create_sqlite_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert not stale.exists()
+    assert not stale.exists() and not journal.exists()
     assert (tmp_path / "mlflow.db").read_bytes()[:16] == b"SQLite format 3\0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
