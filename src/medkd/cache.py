@@ -36,12 +36,12 @@ import torch
 from tqdm import tqdm
 
 from medkd import uncertainty
+from medkd.config import CACHED_SPLITS
 from medkd.io import atomic_path, h5_dataset
 from medkd.datasets import load_split
 from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
 
-CACHED_SPLITS = ("train", "val")  # the default: every case a student could train or validate on
 
 
 @torch.no_grad()

@@ -215,12 +215,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from medkd.cache import CACHED_SPLITS, build_cache
+    from medkd.cache import build_cache
 
     _check_model_inputs(args.teacher_dir, args.store)
-    splits = [s for s in args.splits.split(",") if s] if args.splits else list(CACHED_SPLITS)
+    extra = {"splits": args.splits.split(",")} if args.splits else {}
     print(json.dumps(build_cache(args.teacher_dir, args.store, args.split, args.out, settings=_run_settings(args),
-                                 splits=splits)))
+                                 **extra)))
 
 
 def cmd_infer(args) -> None:

@@ -343,11 +343,14 @@ def model_spec(cfg: dict, exp: str, model: str) -> ModelSpec:
     })
 
 
+CACHED_SPLITS = ("train", "val")  # a teacher cache's default: every case a student could train or validate on
+
+
 def cache_splits(cfg: dict, exp: str, teacher: str) -> list[str]:
     """The split / subset names whose cases the cache of ``teacher`` must hold: the training subset and
     validation split of every model of ``exp`` that reads the teacher's cached outputs (``cache:*`` taps),
     without repeats, in the order met (models in config order, training subset before validation split).
-    ``["train", "val"]`` when no model reads the cache (it is then only built on request)."""
+    :data:`CACHED_SPLITS` when no model reads the cache (it is then only built on request)."""
     names: list[str] = []
     for model in cfg["experiments"][exp]["models"]:
         spec = model_spec(cfg, exp, model)
@@ -355,4 +358,4 @@ def cache_splits(cfg: dict, exp: str, teacher: str) -> list[str]:
             for name in (spec.train.subset, spec.train.val_split):
                 if name not in names:
                     names.append(name)
-    return names or ["train", "val"]
+    return names or list(CACHED_SPLITS)

@@ -336,14 +336,14 @@ def robustness_rows(path: str | Path, long_table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def collect(tables: list[str | Path], runs_json: "str | Path | list[str | Path]", out_csv: str | Path,
+def collect(tables: list[str | Path], runs_jsons: list[str | Path], out_csv: str | Path,
             robustness: list[str | Path] = (), health_md: str | Path | None = None) -> pd.DataFrame:
     """Concatenate the experiments' long tables (and robustness summaries) into all.csv, adding the
-    MLflow run ids of each row (``runs_json``: the track stage's {run key: run id} file of every
-    experiment, or one file); write the health summary of every model to ``health_md`` (default:
+    MLflow run ids of each row (``runs_jsons``: the track stage's {run key: run id} file of every
+    experiment); write the health summary of every model to ``health_md`` (default:
     ``health.md`` beside ``out_csv``)."""
     runs = {}
-    for path in [runs_json] if isinstance(runs_json, (str, Path)) else runs_json:
+    for path in runs_jsons:
         runs.update(read_json(path))
     from medkd.integrity import reading
 

@@ -180,7 +180,7 @@ def test_flags_and_statistics_reach_the_tables_all_csv_and_health_md(tmp_path):
 
     runs = tmp_path / "runs.json"
     runs.write_text("{}")
-    all_csv = collect([out["csv"]], runs, tmp_path / "tables/all.csv")
+    all_csv = collect([out["csv"]], [runs], tmp_path / "tables/all.csv")
     for col in ("health", "health_notes", "compared_to", "diff", "ci_low", "ci_high", "p", "p_holm", "stats_note"):
         assert col in all_csv.columns
     back = pd.read_csv(tmp_path / "tables/all.csv")
@@ -205,7 +205,7 @@ def test_healthy_experiment(tmp_path):
     assert kd["diff"] == 0 and kd["p"] == 1 and kd["stats_note"] == "all paired differences are zero: p set to 1"
     runs = tmp_path / "runs.json"
     runs.write_text("{}")
-    collect([out["csv"]], runs, tmp_path / "tables/all.csv")
+    collect([out["csv"]], [runs], tmp_path / "tables/all.csv")
     assert "All models healthy: no flag in 3 models of 1 experiment." in (tmp_path / "tables/health.md").read_text()
 
 
