@@ -26,6 +26,7 @@ import jsonschema
 import yaml
 
 from medkd.errors import InputError
+from medkd.io import load_yaml
 
 from medkd.spec import ModelSpec, canonical_json, spec_hash, term_keys  # noqa: F401  (re-exported)
 
@@ -91,14 +92,14 @@ def load_schema() -> dict:
     key = (stat.st_mtime_ns, stat.st_size)
     if _SCHEMA_CACHE.get("key") != key:
         with open(SCHEMA_PATH) as fh:
-            _SCHEMA_CACHE.update(key=key, schema=yaml.safe_load(fh))
+            _SCHEMA_CACHE.update(key=key, schema=load_yaml(fh))
     return copy.deepcopy(_SCHEMA_CACHE["schema"])
 
 
 def _read_yaml(path: Path) -> dict:
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh)
+            data = load_yaml(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:

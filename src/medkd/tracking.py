@@ -38,6 +38,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import math
 import os
 from contextlib import contextmanager
@@ -326,6 +327,16 @@ def _log_child(client, exp_id: str, parent_id: str, run: dict, cfg: dict, summar
     return rid
 
 
+def _pickle_warning_once(record: logging.LogRecord) -> bool:
+    """MLflow warns, for every model saved in pickle format, that unpickling can run code. Keep the first
+    warning of a process and drop the repeats (a track job logs one model per run: 12-20 identical lines)."""
+    if "Pickle or CloudPickle" not in record.getMessage():
+        return True
+    seen = getattr(_pickle_warning_once, "seen", False)
+    _pickle_warning_once.seen = True
+    return not seen
+
+
 def _log_model(run_id: str, model_dir: Path) -> None:
     """The best checkpoint as an MLflow PyTorch model (name ``model``) of run ``run_id``. The pip
     requirements are given (medkd and the torch it ran with) so MLflow does not infer them, which would
@@ -337,6 +348,9 @@ def _log_model(run_id: str, model_dir: Path) -> None:
     from medkd.runtime import load_trained
 
     model, _ = load_trained(model_dir, "cpu")
+    flavour_log = logging.getLogger("mlflow.pytorch")
+    if _pickle_warning_once not in flavour_log.filters:
+        flavour_log.addFilter(_pickle_warning_once)
     with mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "medkd"])

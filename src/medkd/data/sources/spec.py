@@ -27,6 +27,7 @@ import yaml
 
 from medkd.config import REPO_ROOT, schema_validator
 from medkd.errors import InputError
+from medkd.io import load_yaml
 from medkd.data.sources.download import expected_digests
 
 DATASETS_SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "datasets.schema.yaml"
@@ -41,7 +42,7 @@ class DatasetSpecError(InputError):
 @lru_cache(maxsize=1)
 def load_datasets_schema() -> dict:
     with open(DATASETS_SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+        return load_yaml(fh)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -186,7 +187,7 @@ def _normalise(name: str, spec: dict, where: str) -> dict:
 
 
 def load_datasets_yaml(path: str | Path) -> dict[str, dict]:
-    """Load and validate ``config/datasets.yaml`` (read with ``yaml.safe_load``).
+    """Load and validate ``config/datasets.yaml`` (read with ``medkd.io.load_yaml``: YAML's safe subset).
 
     Args:
         path: The YAML file.
@@ -204,7 +205,7 @@ def load_datasets_yaml(path: str | Path) -> dict[str, dict]:
     except FileNotFoundError:
         raise DatasetSpecError(f"{path}: file not found") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise DatasetSpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
