@@ -107,3 +107,24 @@ def test_cache_splits_are_the_cases_its_students_read():
     kd = cfg["experiments"]["pcd_wm"]["models"]["kd"]
     kd["train"] = {**kd["train"], "val_split": "val"}  # the students share one YAML anchor: copy it
     assert cache_splits(cfg, "pcd_wm", "teacher") == ["pcd_cases", "val", "val_small"]
+
+
+def test_load_yaml_reads_every_project_yaml_as_safe_load_does(tmp_path):
+    """medkd.io.load_yaml (libyaml's C parser) gives the same documents as yaml.safe_load for every config,
+    schema and profile of the repository, and refuses what safe_load refuses (python tags, bad syntax)."""
+    from medkd.io import load_yaml
+
+    files = sorted(p for d in ("config", "workflow/schemas", "profiles", "tests/integration")
+                   for p in (REPO_ROOT / d).rglob("*.yaml"))
+    assert len(files) >= 15
+    for path in files:
+        text = path.read_text()
+        assert load_yaml(text) == yaml.safe_load(text), path
+    assert getattr(yaml, "CSafeLoader", None) is not None  # the wheels ship libyaml: the fast path is taken
+    for bad in ("a: !!python/object:os.system {}\n", "a: [1, 2\n"):
+        with pytest.raises(yaml.YAMLError):
+            load_yaml(bad)
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text("experiments: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad_file)
