@@ -23,14 +23,14 @@ from tqdm import tqdm
 from medkd.io import atomic_path, h5_dataset
 from medkd.models import count_parameters
 from medkd.datasets import load_split
-from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
+from medkd.runtime import RunSettings, autocast, class_indices, forward_model, load_trained, to_device
 
 
 def to_labels(output: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) logits -> (B, H, W) class indices; one channel -> logit > 0 (p > 0.5)."""
     if output.shape[1] == 1:
         return (output[:, 0] > 0).to(torch.uint8)
-    return output.argmax(1).to(torch.uint8)
+    return class_indices(output).to(torch.uint8)
 
 
 @torch.no_grad()

@@ -124,6 +124,14 @@ def load_weights(model_dir: str | Path, device: torch.device | str = "cpu") -> d
         return torch.load(model_dir / "model.pt", map_location=device, weights_only=True)
 
 
+def class_indices(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` scores -> ``(B, H, W)`` int64 index of the largest score over C (ties: the first,
+    as ``argmax``). The same values as ``logits.argmax(1)``, computed over a channels-last copy: on CPU
+    ``argmax`` along a strided dim is ~12x slower than along the contiguous last one (16.5 vs 1.3 ms for
+    16 x 2 x 64 x 64, one thread), and every validation, inference and corruption-suite batch takes one."""
+    return logits.movedim(1, -1).contiguous().argmax(-1)
+
+
 def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
     """Move every tensor of a (nested) batch dict to ``device``.
 

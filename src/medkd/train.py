@@ -60,7 +60,8 @@ from medkd.optim import build_optimizer, build_scheduler
 from medkd.provenance import environment_record
 from medkd.integrity import reading, sha256
 from medkd.runtime import (
-    RunSettings, autocast, build_from_spec, forward_model, grad_scaler, load_trained, load_weights, to_device,
+    RunSettings, autocast, build_from_spec, class_indices, forward_model, grad_scaler, load_trained, load_weights,
+    to_device,
 )
 from medkd.spec import ModelSpec, term_keys
 
@@ -402,7 +403,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int) -> dict:
 
 def pooled_dice(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Per-class (tp, fp, fn) counts ``(n_classes, 3)`` of argmax (or logit > 0 for one channel)."""
-    pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+    pred = class_indices(logits) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
     counts = torch.zeros(n_classes, 3, dtype=torch.float64)
     for c in range(1, n_classes):
         p, t = pred == c, target == c

@@ -146,3 +146,18 @@ def test_same_experiment_planned_for_cpu_and_gpu_has_the_same_spec_hash():
     bf16 = copy.deepcopy(raw)
     bf16["experiments"]["tiny"]["models"]["teacher"]["train"]["precision"] = "bf16"
     assert model_spec(load_config(bf16), "tiny", "teacher").hash != model_spec(cpu_cfg, "tiny", "teacher").hash
+
+
+def test_class_indices_equal_argmax_including_ties_and_layouts():
+    """class_indices is argmax over dim 1: on random scores, on ties (the first maximum wins, index 0 for an
+    all-equal pixel, index 1 when channels 1 and 2 tie above 0) and on a channels_last input."""
+    from medkd.runtime import class_indices
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, generator=g)
+    assert torch.equal(class_indices(x), x.argmax(1))
+    assert torch.equal(class_indices(x.contiguous(memory_format=torch.channels_last)), x.argmax(1))
+    ties = torch.zeros(1, 3, 1, 2)
+    ties[0, 1:, 0, 1] = 1.0  # pixel 0: all equal; pixel 1: channels 1 and 2 tie
+    assert class_indices(ties).tolist() == [[[0, 1]]] == ties.argmax(1).tolist()
+    assert class_indices(x).dtype == torch.int64 and class_indices(x).shape == (3, 5, 6)
