@@ -41,7 +41,7 @@ report: $(STAMP)
 	@echo ""; echo "Report: $(CURDIR)/results/report.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Fault injection: SIGKILL the job, its fork-server client or Snakemake at seeded moments in every stage,
 # re-run, compare with an uninterrupted run (tests/faults/gauntlet.py; about 20-40 min on 2 cores).

@@ -15,6 +15,11 @@ from medkd.config import (  # noqa: E402
     model_spec as _model_spec,
 )
 from medkd.spec import spec_hash  # noqa: E402
+from medkd import snakemake_fixes  # noqa: E402
+
+# One pending scheduler re-evaluation timer instead of one more per finished job (a Snakemake bug that made
+# the scheduler loop ~180 times a second late in the embedded default; src/medkd/snakemake_fixes.py).
+snakemake_fixes.apply()
 
 try:
     CFG = load_config(config)

@@ -1,0 +1,61 @@
+"""Work-around for a Snakemake scheduler bug that burns a core during long local runs; applied by the Snakefile.
+
+**The bug** (Snakemake 8.17 to at least 9.27, the pinned version; upstream: snakemake/snakemake#3804 "Snakemake
+forkbombing itself", PR #3744 on the rate limiter re-running the main loop). The job rate limiter
+(``--max-jobs-per-timespan``, default ``100/1s``, always on) makes every pass of the scheduler loop that leaves
+ready jobs waiting start a ``threading.Timer`` that wakes the loop again one timespan later. That woken pass
+starts another timer, so every finished job adds one more timer chain that never ends. On the embedded default
+(373 jobs, 2 cores, ready jobs always waiting for a core) the Snakemake process held ~185 threads after
+10 minutes, looped ~180 times a second and used 16-22 % of a core. That is CPU the two training jobs did not get.
+
+**The fix.** At most one re-evaluation timer is pending per scheduler. A second request while one is pending
+is dropped, because the pending one already wakes the loop, which then re-checks the rate limit and the
+queue. The timer is a daemon thread, so Snakemake's exit does not wait up to one timespan for it. Everything
+else (job completion waking the loop, the rate limit itself) is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+log = logging.getLogger("medkd.snakemake_fixes")
+
+_PATCHED = "_medkd_single_reevaluation_timer"
+
+
+def single_reevaluation_timer(scheduler_cls: type) -> bool:
+    """Replace ``scheduler_cls._schedule_reevalutation`` (Snakemake's spelling) with the one-timer version.
+
+    Returns True when patched, False when the method is missing (another Snakemake version: left alone) or
+    already patched. The scheduler must have the ``_open_jobs`` semaphore the original timer releases.
+    """
+    original = getattr(scheduler_cls, "_schedule_reevalutation", None)
+    if original is None or getattr(original, _PATCHED, False):
+        return False
+    lock = threading.Lock()
+
+    def _schedule_reevalutation(self, delay) -> None:
+        with lock:
+            pending = getattr(self, "_medkd_reevaluation", None)
+            if pending is not None and pending.is_alive():
+                return
+            timer = threading.Timer(delay, self._open_jobs.release)
+            timer.daemon = True
+            self._medkd_reevaluation = timer
+            timer.start()
+
+    setattr(_schedule_reevalutation, _PATCHED, True)
+    _schedule_reevalutation.__doc__ = f"medkd: one pending re-evaluation timer at a time (was {original!r})"
+    scheduler_cls._schedule_reevalutation = _schedule_reevalutation
+    return True
+
+
+def apply() -> bool:
+    """Patch the installed Snakemake's ``JobScheduler``; False (and a debug line) when it has no such class."""
+    try:
+        from snakemake.scheduling.job_scheduler import JobScheduler
+    except ImportError:
+        log.debug("snakemake.scheduling.job_scheduler.JobScheduler not found: scheduler left as is")
+        return False
+    return single_reevaluation_timer(JobScheduler)
