@@ -23,6 +23,7 @@ ARGS...`` (the client; standard library only, so it starts in tens of millisecon
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import selectors
@@ -188,6 +189,11 @@ def serve(path: str, parent: int | None = None) -> None:
             getattr(importlib.import_module(module), function)()
         except Exception:  # a broken schema is reported by the job that reads it, not here
             pass
+    # Move everything imported so far to the collector's permanent generation (CPython's advice for servers
+    # that fork without exec): a forked job's full collections then skip these ~570,000 objects instead of
+    # writing to (and so copying) the pages that hold them. Measured: a full collection in a forked job 0.5 s
+    # and 37,000 page faults -> 0.02 s and 530; an inference job 1.10 -> 1.01 s.
+    gc.freeze()
     if os.path.exists(path):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -17,6 +17,10 @@ from medkd.config import (  # noqa: E402
 from medkd.spec import spec_hash  # noqa: E402
 from medkd import snakemake_fixes  # noqa: E402
 
+# Report jobs (tables, panels, paper tables, MLflow track) run as soon as their inputs exist, ahead of waiting
+# training jobs: they are short, so the run ends on the last model's chain, not on a queue of them.
+REPORT_PRIORITY = 10
+
 # One pending scheduler re-evaluation timer instead of one more per finished job (a Snakemake bug that made
 # the scheduler loop ~180 times a second late in the embedded default; src/medkd/snakemake_fixes.py).
 snakemake_fixes.apply()

@@ -26,6 +26,7 @@ rule tables:
         stats=canonical_json(CFG["stats"]),
         order=lambda w: " ".join(exp_cfg(w.exp)["models"]),
         model_dirs=lambda w: " ".join(model_dir(w.exp, m, s) for m, s in all_runs(w.exp)),
+    priority: REPORT_PRIORITY
     log:
         "results/logs/tables/{exp}.log",
     conda:
@@ -52,6 +53,7 @@ rule panels:
         model_dir=lambda w: model_dir(w.exp, panel_models(w.exp)[0], first_seed(w.exp)),
         pairs=lambda w: " ".join(f"{m}=results/{w.exp}/predictions/{m}/seed{first_seed(w.exp)}.h5"
                                  for m in panel_models(w.exp)),
+    priority: REPORT_PRIORITY
     log:
         "results/logs/panels/{exp}.log",
     conda:
@@ -73,6 +75,7 @@ rule paper_table:
         code=code("paper-table"),
         spec=lambda w: canonical_json({e: exp_table_spec(e) for e in GROUPS[w.group]}),
         order=lambda w: " ".join(f"{e}:{','.join(exp_cfg(e)['models'])}" for e in GROUPS[w.group]),
+    priority: REPORT_PRIORITY
     log:
         "results/logs/paper_table/{group}.log",
     conda:

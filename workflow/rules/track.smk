@@ -23,6 +23,7 @@ rule track:
         experiments=lambda w: canonical_json({w.exp: track_experiments()[w.exp]}),
     resources:
         mlflow_store=1,  # profiles/default allows one at a time, so no core waits on the store's lock
+    priority: REPORT_PRIORITY
     log:
         "results/logs/track/{exp}.log",
     conda:
