@@ -48,3 +48,20 @@ def test_a_killed_writers_half_built_store_is_removed(tmp_path):
     assert not stale.exists() and not journal.exists()
     assert (tmp_path / "mlflow.db").read_bytes()[:16] == b"SQLite format 3\0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
+def test_mlflow_pickle_warning_is_kept_once_per_process(monkeypatch):
+    """The filter on mlflow.pytorch keeps the first "Pickle or CloudPickle" warning, drops its repeats and
+    lets every other record through."""
+    import logging
+
+    from medkd import tracking
+
+    monkeypatch.delattr(tracking._pickle_warning_once, "seen", raising=False)
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("mlflow.pytorch", logging.WARNING, __file__, 1, msg, None, None)
+
+    pickle = "Saving pytorch model by Pickle or CloudPickle format requires exercising caution"
+    assert [tracking._pickle_warning_once(record(m)) for m in (pickle, pickle, "other", pickle, "other")] == [
+        True, False, True, False, True]
