@@ -42,8 +42,6 @@ from medkd.datasets import load_split
 from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
 
-
-
 @torch.no_grad()
 def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Path, out_path: str | Path,
                 batch_size: int = 16, settings: RunSettings | None = None,

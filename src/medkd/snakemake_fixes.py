@@ -6,7 +6,8 @@ forkbombing itself", PR #3744 on the rate limiter re-running the main loop). The
 ready jobs waiting start a ``threading.Timer`` that wakes the loop again one timespan later. That woken pass
 starts another timer, so every finished job adds one more timer chain that never ends. On the embedded default
 (373 jobs, 2 cores, ready jobs always waiting for a core) the Snakemake process held ~185 threads after
-10 minutes, looped ~180 times a second and used 16-22 % of a core. That is CPU the two training jobs did not get.
+10 minutes (each timer waking the loop once a second) and used 16-22 % of a core: CPU the two training
+jobs did not get.
 
 **The fix.** At most one re-evaluation timer is pending per scheduler. A second request while one is pending
 is dropped, because the pending one already wakes the loop, which then re-checks the rate limit and the

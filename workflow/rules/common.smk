@@ -21,8 +21,9 @@ from medkd import snakemake_fixes  # noqa: E402
 # training jobs: they are short, so the run ends on the last model's chain, not on a queue of them.
 REPORT_PRIORITY = 10
 
-# One pending scheduler re-evaluation timer instead of one more per finished job (a Snakemake bug that made
-# the scheduler loop ~180 times a second late in the embedded default; src/medkd/snakemake_fixes.py).
+# One pending scheduler re-evaluation timer instead of one more per finished job (a Snakemake bug that left
+# ~185 timers, each waking the scheduler loop once a second, late in the embedded default;
+# src/medkd/snakemake_fixes.py).
 snakemake_fixes.apply()
 
 try:
