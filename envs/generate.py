@@ -37,7 +37,7 @@ GROUPS = {
         ["fetch", "fetch_source", "convert", "split", "undersample", "train", "cache", "infer", "evaluate",
          "robustness", "robustness_table", "panels"],
         ["torch", "numpy", "scipy", "nibabel", "SimpleITK", "h5py", "scikit-image", "pandas", "matplotlib",
-         "pillow", "PyYAML", "jsonschema", "tqdm", "nilearn"],
+         "pillow", "PyYAML", "jsonschema", "tqdm", "nilearn", "threadpoolctl"],
     ),
     # track logs each model with mlflow.pytorch, so it needs torch beside MLflow.
     "tracking": (

@@ -94,7 +94,7 @@ def cmd_fetch(args) -> None:
 
         generator = validate_part("/$defs/dataset/properties/generator", ds.get("generator", {}),
                                   f"dataset {args.dataset} generator")
-        generate_embedded(args.out, **generator)
+        generate_embedded(args.out, **generator, workers=args.threads)
         return
     from medkd.data.sources.fetch import fetch_dataset
     from medkd.data.sources.spec import load_datasets_yaml

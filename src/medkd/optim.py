@@ -7,16 +7,42 @@ import torch
 from medkd.spec import OptimizerSpec, SchedulerSpec
 
 
+FUSED = ("adam", "adamw", "sgd")
+"""Optimisers built with torch's fused kernel (``fused=True``): one pass over all parameter tensors instead
+of a Python loop over them. The update is the same rule; only floating-point rounding can differ. Measured
+on one CPU thread (benchmarks/optimizer_step.py): a step of the embedded default's optimisers 4-7x faster
+(brats teacher Adam 4.4 -> 0.8 ms, MTMS T2 AdamW 19.4 -> 3.7 ms). RMSprop has no fused
+kernel and uses the multi-tensor (``foreach``) one."""
+
+
+def _implementation(name: str, params: list) -> dict:
+    """``fused=True`` for :data:`FUSED` optimisers on floating-point parameters of a device torch has fused
+    kernels for, else ``foreach=True`` where parameters are on one device, else torch's default."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    devices = {p.device.type for p in tensors}
+    if (name in FUSED and devices <= set(_get_fused_kernels_supported_devices())
+            and all(torch.is_floating_point(p) for p in tensors)):
+        return {"fused": True}
+    return {"foreach": True} if len(devices) == 1 else {}
+
+
 def build_optimizer(params, cfg: OptimizerSpec) -> torch.optim.Optimizer:
-    """Adam, AdamW, SGD or RMSprop; optional keys left ``None`` keep torch's own defaults."""
+    """Adam, AdamW, SGD or RMSprop, in torch's fastest implementation for the parameters (see
+    :data:`FUSED`); optional keys left ``None`` keep torch's own defaults."""
+    params = list(params)
     extra = {} if cfg.eps is None else {"eps": cfg.eps}
+    extra.update(_implementation(cfg.name, params))
     if cfg.name in ("adam", "adamw"):
         if cfg.betas is not None:
             extra["betas"] = tuple(cfg.betas)
         cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum or 0.0)
+        extra.pop("eps", None)
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum or 0.0,
+                               **extra)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                    alpha=0.99 if cfg.alpha is None else cfg.alpha, momentum=cfg.momentum or 0.0,

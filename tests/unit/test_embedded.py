@@ -1,4 +1,4 @@
-"""Embedded dataset: byte-identical regeneration, MSD layout, labels and contrasts (2 cases at 4 mm)."""
+"""Embedded dataset: byte-identical regeneration (in one process or two), MSD layout, labels and contrasts (2 cases at 4 mm)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ PARAMS = {"n_cases": 2, "seed": 1234, "resolution_mm": 4.0, "lesion": True}
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedded")
     first = generate_embedded(root / "one", **PARAMS)
-    second = generate_embedded(root / "two", **PARAMS)
+    second = generate_embedded(root / "two", **PARAMS, workers=2)  # forked workers write the same bytes
     return first, second
 
 

@@ -43,12 +43,14 @@ All cases come from one averaged brain: this is a demonstration dataset, not a b
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gzip
 import importlib.metadata
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -294,7 +296,28 @@ def _nilearn_version() -> str | None:
         return None
 
 
-def generate_embedded(out_dir: str | Path, *, n_cases: int, seed: int, resolution_mm: float, lesion: bool) -> Path:
+_WORKER: dict = {}
+"""The template and settings of a case-generating worker process (set once by :func:`_init_worker`)."""
+
+
+def _init_worker(template: dict[str, np.ndarray], affine: np.ndarray, res: float, seed: int, lesion: bool,
+                 blas_threads: int | None = None) -> None:
+    if blas_threads is not None:  # a worker process: one BLAS thread each, the workers share the CPUs
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(blas_threads)
+    _WORKER.update(template=template, affine=affine, res=res, seed=seed, lesion=lesion)
+
+
+def _case_files(i: int) -> tuple[bytes, bytes]:
+    """The gzipped NIfTI image and label of case ``i``; a function of ``i`` and :data:`_WORKER` alone."""
+    w = _WORKER
+    image, label = make_case(w["template"], w["res"], np.random.default_rng([w["seed"], i]), w["lesion"])
+    return _nifti_gz(image, w["affine"]), _nifti_gz(label, w["affine"])
+
+
+def generate_embedded(out_dir: str | Path, *, n_cases: int, seed: int, resolution_mm: float, lesion: bool,
+                      workers: int = 1) -> Path:
     """Write the embedded dataset in MSD layout (see the module docstring).
 
     Idempotent and atomic: when ``out_dir/dataset.json`` already has exactly the text these parameters
@@ -308,6 +331,8 @@ def generate_embedded(out_dir: str | Path, *, n_cases: int, seed: int, resolutio
         seed: base seed; case ``i`` uses ``numpy.random.default_rng([seed, i])``.
         resolution_mm: isotropic voxel size of the output (2 mm: 99x117x95 voxels).
         lesion: add a lesion (label 4) to every case.
+        workers: processes that make cases side by side (the step's ``--threads``). Every case depends only
+            on its own generator, so the files are byte-identical for any number of workers.
 
     Returns:
         ``out_dir`` as a Path.
@@ -339,11 +364,13 @@ def generate_embedded(out_dir: str | Path, *, n_cases: int, seed: int, resolutio
         (tmp / "imagesTr").mkdir(parents=True)
         (tmp / "labelsTr").mkdir()
         template, affine = load_template(float(resolution_mm))
-        for i in tqdm(range(int(n_cases)), desc="embedded cases", unit="case"):
-            image, label = make_case(template, float(resolution_mm), np.random.default_rng([int(seed), i]), lesion)
-            name = f"emb_{i:03d}.nii.gz"
-            (tmp / "imagesTr" / name).write_bytes(_nifti_gz(image, affine))
-            (tmp / "labelsTr" / name).write_bytes(_nifti_gz(label, affine))
+        init = (template, affine, float(resolution_mm), int(seed), bool(lesion))
+        names = [f"emb_{i:03d}.nii.gz" for i in range(int(n_cases))]
+        with _case_pool(int(workers), init) as pool:
+            for name, (image, label) in zip(names, tqdm(pool(_case_files, range(int(n_cases))), total=len(names),
+                                                        desc="embedded cases", unit="case")):
+                (tmp / "imagesTr" / name).write_bytes(image)
+                (tmp / "labelsTr" / name).write_bytes(label)
         (tmp / "dataset.json").write_text(text)
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -351,6 +378,22 @@ def generate_embedded(out_dir: str | Path, *, n_cases: int, seed: int, resolutio
         raise
     log.info("wrote embedded dataset (%d cases, %.3g mm) to %s", n_cases, resolution_mm, out_dir)
     return out_dir
+
+
+@contextlib.contextmanager
+def _case_pool(workers: int, init: tuple):
+    """A ``map`` over cases, in order: in this process for one worker, else in ``workers`` forked processes
+    (each given the template once, and one BLAS thread: the sampling grid's matrix product is otherwise
+    threaded, and two workers with two threads each ran no faster than one process). Fork, not spawn: the
+    template is already in memory, and a fork server's job has its imports already."""
+    if workers <= 1:
+        _init_worker(*init)
+        yield map
+        return
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                                initargs=(*init, 1)) as executor:
+        yield executor.map
 
 
 def _is_up_to_date(out_dir: Path, text: str) -> bool:
