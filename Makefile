@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 # CONFIGFILE=path/to.yaml runs `make report` (and ui's store stays results/mlflow.db) on another config.
 SMK_CONFIG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE))
 
-.PHONY: venv reproduce report test test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
+.PHONY: venv reproduce report test test-fast test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
+
+# The development loop: every test but the end-to-end workflow runs (marker `slow`: tiny configs, the SLURM
+# cluster, the browser, the fault trials), about 2-3 minutes here. `make test` (and CI) runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 # Fault injection: SIGKILL the job, its fork-server client or Snakemake at seeded moments in every stage,
 # re-run, compare with an uninterrupted run (tests/faults/gauntlet.py; about 20-40 min on 2 cores).
