@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 # CONFIGFILE=path/to.yaml runs `make report` (and ui's store stays results/mlflow.db) on another config.
 SMK_CONFIG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE))
 
-.PHONY: venv reproduce report test test-fast test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
+.PHONY: venv reproduce report test test-e2e test-all test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
 
 venv: $(STAMP)
 
@@ -40,13 +40,19 @@ report: $(STAMP)
 	$(BIN)/snakemake --report results/report.html --report-stylesheet workflow/report/style.css $(SMK_CONFIG)
 	@echo ""; echo "Report: $(CURDIR)/results/report.html"
 
+# Every test but the end-to-end workflow runs: unit tests and quick integration tests, about 2-3 minutes here.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
-
-# The development loop: every test but the end-to-end workflow runs (marker `slow`: tiny configs, the SLURM
-# cluster, the browser, the fault trials), about 2-3 minutes here. `make test` (and CI) runs them all.
-test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+
+# The end-to-end workflow runs (pytest marker `slow`): the tiny configs through Snakemake, the single-node SLURM
+# cluster, the report and MLflow in Chromium, the fault trials; about 25 minutes here. CI (.ci/run) runs
+# `make test` and then this.
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow --durations=15
+
+# Both, in one pytest run.
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15
 
 # Fault injection: SIGKILL the job, its fork-server client or Snakemake at seeded moments in every stage,
 # re-run, compare with an uninterrupted run (tests/faults/gauntlet.py; about 20-40 min on 2 cores).
