@@ -3,7 +3,7 @@
 Copies the working tree (without results, data or .snakemake) to a temporary directory, runs the whole
 DAG to results/tables/all.csv and prints the wall time and, per rule, the number of jobs and the time
 spent in process start-up and imports before each step (from the "start-up X s" line every medkd job
-logs), plus the summed training time. Target: under 15 minutes on 2 cores (goal 10).
+logs), plus the summed training time and the speed of the host before and after (:data:`HOST_SPEED`). Target: under 15 minutes on 2 cores (goal 10).
 It then checks every model of every seed against the bars the embedded default must clear (issue
 "numbers that mean something"): every segmentation teacher test Dice >= 0.70 on each target class, every
 student trained alone >= 0.50, every reconstruction / super-resolution teacher >= 0.5 dB PSNR above the
@@ -29,6 +29,24 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+HOST_SPEED = """
+import time, torch
+torch.set_num_threads(1)
+torch.manual_seed(0)
+net = torch.nn.Sequential(*[torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(4)])
+x = torch.randn(8, 16, 64, 64)
+best = float("inf")
+for _ in range(7):
+    t0 = time.perf_counter()
+    net(x).sum().backward()
+    best = min(best, time.perf_counter() - t0)
+print(f"{best * 1e3:.1f}")
+"""
+"""A fixed one-thread workload (forward and backward of four 16-channel 3x3 convolutions on 8x16x64x64, best
+of 7): the speed of the host at the time of a run. The machine is a shared VM whose speed varies (the same
+commit ran 863 s and 951 s on one day, and a one-thread optimiser step timed beside the second ran 1.8x
+slower than beside the first); compare
+wall times only between runs with similar figures."""
 SKIP = {".venv", "results", ".snakemake", "data", ".git", ".pytest_cache"}
 SEG_TEACHER_DICE, STUDENT_ALONE_DICE, RECON_GAIN_DB = 0.70, 0.50, 0.5
 
@@ -86,6 +104,15 @@ def check_bars(results: Path) -> bool:
     return ok_all
 
 
+def host_speed_ms() -> float | None:
+    """Milliseconds of :data:`HOST_SPEED` in a fresh interpreter of this environment (None if it fails)."""
+    proc = subprocess.run([sys.executable, "-c", HOST_SPEED], capture_output=True, text=True, timeout=300)
+    try:
+        return float(proc.stdout.strip())
+    except ValueError:
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cores", type=int, default=2)
@@ -104,6 +131,7 @@ def main() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     if args.no_forkserver:
         env["MEDKD_FORKSERVER"] = "off"
+    speed_before = host_speed_ms()
     t0 = time.perf_counter()
     proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", str(args.cores),
                            "results/tables/all.csv"], cwd=wd, env=env, capture_output=True, text=True)
@@ -112,6 +140,8 @@ def main() -> None:
         print(proc.stderr[-5000:])
         raise SystemExit(f"workflow failed after {wall:.0f} s (copy kept in {wd})")
     print(f"embedded default, {args.cores} cores: {wall:.0f} s wall ({wall / 60:.1f} min), target < 15 min")
+    print(f"  host speed (1-thread conv step, lower is faster): {speed_before} ms before the run, "
+          f"{host_speed_ms()} ms after")
     startup: dict[str, list[float]] = {}
     step: dict[str, list[float]] = {}
     for log in (wd / "results" / "logs").rglob("*.log"):
