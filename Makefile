@@ -45,7 +45,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 # The end-to-end workflow runs (pytest marker `slow`): the tiny configs through Snakemake, the single-node SLURM
-# cluster, the report and MLflow in Chromium, the fault trials; about 21 minutes here. CI (.ci/run) runs
+# cluster, the report and MLflow in Chromium, the fault trials; 21-24 minutes here. CI (.ci/run) runs
 # `make test` and then this.
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --durations=15
