@@ -3,7 +3,8 @@
 Copies the working tree (without results, data or .snakemake) to a temporary directory, runs the whole
 DAG to results/tables/all.csv and prints the wall time and, per rule, the number of jobs and the time
 spent in process start-up and imports before each step (from the "start-up X s" line every medkd job
-logs), plus the summed training time and the speed of the host before and after (:data:`HOST_SPEED`). Target: under 15 minutes on 2 cores (goal 10).
+logs), plus the summed training time and the speed of the host before and after (:data:`HOST_SPEED`).
+Target: under 15 minutes on 2 cores (goal 10).
 It then checks every model of every seed against the bars the embedded default must clear (issue
 "numbers that mean something"): every segmentation teacher test Dice >= 0.70 on each target class, every
 student trained alone >= 0.50, every reconstruction / super-resolution teacher >= 0.5 dB PSNR above the
@@ -45,8 +46,7 @@ print(f"{best * 1e3:.1f}")
 """A fixed one-thread workload (forward and backward of four 16-channel 3x3 convolutions on 8x16x64x64, best
 of 7): the speed of the host at the time of a run. The machine is a shared VM whose speed varies (the same
 commit ran 863 s and 951 s on one day, and a one-thread optimiser step timed beside the second ran 1.8x
-slower than beside the first); compare
-wall times only between runs with similar figures."""
+slower than beside the first); compare wall times only between runs with similar figures."""
 SKIP = {".venv", "results", ".snakemake", "data", ".git", ".pytest_cache"}
 SEG_TEACHER_DICE, STUDENT_ALONE_DICE, RECON_GAIN_DB = 0.70, 0.50, 0.5
 

@@ -15,22 +15,21 @@ on one CPU thread (benchmarks/optimizer_step.py): a step of the embedded default
 kernel and uses the multi-tensor (``foreach``) one."""
 
 
-def _implementation(name: str, params: list) -> dict:
-    """``fused=True`` for :data:`FUSED` optimisers on floating-point parameters of a device torch has fused
-    kernels for, else ``foreach=True`` where parameters are on one device, else torch's default."""
+def _implementation(name: str, params: list[torch.Tensor]) -> dict:
+    """``fused=True`` for :data:`FUSED` optimisers whose parameters are all on devices torch has fused kernels
+    for, else ``foreach=True`` where they share one device, else torch's default."""
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
-    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
-    devices = {p.device.type for p in tensors}
-    if (name in FUSED and devices <= set(_get_fused_kernels_supported_devices())
-            and all(torch.is_floating_point(p) for p in tensors)):
+    devices = {p.device.type for p in params}
+    if name in FUSED and devices <= set(_get_fused_kernels_supported_devices()):
         return {"fused": True}
     return {"foreach": True} if len(devices) == 1 else {}
 
 
 def build_optimizer(params, cfg: OptimizerSpec) -> torch.optim.Optimizer:
-    """Adam, AdamW, SGD or RMSprop, in torch's fastest implementation for the parameters (see
-    :data:`FUSED`); optional keys left ``None`` keep torch's own defaults."""
+    """Adam, AdamW, SGD or RMSprop over ``params`` (an iterable of floating-point tensors, not parameter
+    groups), in torch's fastest implementation for them (see :data:`FUSED`); optional keys left ``None`` keep
+    torch's own defaults."""
     params = list(params)
     extra = {} if cfg.eps is None else {"eps": cfg.eps}
     extra.update(_implementation(cfg.name, params))

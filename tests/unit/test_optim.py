@@ -59,7 +59,7 @@ def test_sgd_takes_no_eps_and_unknown_names_are_refused():
         build_optimizer(net().parameters(), spec("lion"))
 
 
-def test_float64_parameters_are_fused_too_and_scheduler_none_is_none():
+def test_float64_parameters_are_fused_too_and_no_scheduler_is_none():
     p = nn.Parameter(torch.zeros(3, dtype=torch.float64))
     assert build_optimizer([p], spec("adam")).param_groups[0]["fused"] is True
     assert build_scheduler(build_optimizer([p], spec("adam")), SchedulerSpec.from_dict({"name": "none"}), 3) is None
