@@ -65,6 +65,7 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
     passes = spec.cache.mc_passes
     seg = spec.is_segmentation
     main_key = "logits" if seg else "output"
+    nhwc = settings.nhwc(model)
     n_slices = 0
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         cases_done = []
@@ -76,7 +77,7 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
                 idx = torch.as_tensor(runs[cid])
                 outs, mc = [], []
                 for start in range(0, len(idx), batch_size):
-                    batch = to_device(data.batch(idx[start : start + batch_size]), dev, settings.channels_last)
+                    batch = to_device(data.batch(idx[start : start + batch_size]), dev, nhwc)
                     with autocast(dev, spec.train.precision):
                         out = forward_model(model, batch)
                     outs.append((out["out"] if isinstance(out, dict) else out).float().cpu())

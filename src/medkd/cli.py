@@ -353,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_run_settings(sp):
         sp.add_argument("--device", default="auto", help="run setting (not hashed): auto | cpu | cuda")
-        sp.add_argument("--channels-last", action="store_true", help="run setting: NHWC model and batches")
+        sp.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default="auto",
+                        help="run setting: NHWC model and batches (--no-channels-last: as built; default: the "
+                             "architecture's own choice on CPU, see medkd.runtime.RunSettings.nhwc)")
         sp.add_argument("--cudnn-benchmark", action="store_true", help="run setting: cuDNN autotuning")
         sp.add_argument("--deterministic", action="store_true",
                         help="run setting: deterministic algorithms only (wins over --cudnn-benchmark)")

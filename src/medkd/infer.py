@@ -55,13 +55,14 @@ def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, ou
     data = load_split(spec, store, split_path, split_name)
     seg = spec.is_segmentation
     runs = data.case_slices()
+    nhwc = settings.nhwc(model)
     latency = None
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         for cid in tqdm(sorted(runs), desc=f"infer {spec.model}", unit="case", disable=None):
             idx = torch.as_tensor(runs[cid])
             preds, logits = [], []
             for start in range(0, len(idx), batch_size):
-                batch = to_device(data.batch(idx[start : start + batch_size]), dev, settings.channels_last)
+                batch = to_device(data.batch(idx[start : start + batch_size]), dev, nhwc)
                 with autocast(dev, spec.train.precision):
                     if latency is None:
                         latency = measure_latency(model, batch)

@@ -35,9 +35,9 @@ METRICS = {"dice": metrics.dice, "iou": metrics.iou}
 
 @torch.no_grad()
 def _predict(model, images: torch.Tensor, batch_size: int, device, settings: RunSettings, precision: str) -> np.ndarray:
-    preds = []
+    preds, nhwc = [], settings.nhwc(model)
     for start in range(0, len(images), batch_size):
-        batch = to_device({"image": images[start : start + batch_size]}, device, settings.channels_last)
+        batch = to_device({"image": images[start : start + batch_size]}, device, nhwc)
         with autocast(device, precision):
             out = forward_model(model, batch)
         preds.append(to_labels((out["out"] if isinstance(out, dict) else out).float().cpu()))

@@ -23,6 +23,8 @@ from medkd.spec import ModelSpec
 log = logging.getLogger("medkd.runtime")
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PHASES = ("train", "eval")
+"""What a network is doing in a job, for :meth:`RunSettings.nhwc`: trained (and validated), or only run."""
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,17 @@ class RunSettings:
     """How (not what) a job runs.
 
     ``device``: auto | cpu | cuda; ``threads``: torch intra-op threads (Snakemake's ``{threads}``, so the CPUs
-    SLURM allocated); ``channels_last``: NHWC layout of the model and of every 4-D batch tensor;
+    SLURM allocated); ``channels_last``: NHWC layout of the model and of every 4-D batch tensor (True),
+    the layout as built (False), or ``"auto"``: on CPU, NHWC in the phases (training, inference) an
+    architecture declares in ``cpu_channels_last`` (measured faster there, ``benchmarks/memory_format.py``),
+    as built otherwise and on CUDA (see :meth:`nhwc`);
     ``cudnn_benchmark``: cuDNN autotuning; ``deterministic``: deterministic algorithms only (wins over
     ``cudnn_benchmark``). None of them is part of a spec hash.
     """
 
     device: str = "auto"
     threads: int = 1
-    channels_last: bool = False
+    channels_last: bool | str = "auto"
     cudnn_benchmark: bool = False
     deterministic: bool = False
 
@@ -53,9 +58,27 @@ class RunSettings:
         torch.backends.cudnn.benchmark = bool(self.cudnn_benchmark and not self.deterministic)
         return resolve_device(self.device)
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """The model in the settings' memory layout (channels_last or as built)."""
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+    def nhwc(self, model: nn.Module, phase: str = "eval") -> bool:
+        """Whether ``model`` runs in NHWC (channels-last) layout in ``phase`` ("train": a training job,
+        its validation included; "eval": inference, the corruption suite, caches, frozen teachers) under
+        these settings: ``channels_last`` when it is a boolean; for ``"auto"``, on CPU, whether ``phase``
+        is among the architecture's ``cpu_channels_last`` phases (:mod:`medkd.models`; default none), and
+        never on CUDA.
+
+        Raises:
+            ValueError: ``channels_last`` is neither a boolean nor ``"auto"``, or an unknown phase.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+        if isinstance(self.channels_last, bool):
+            return self.channels_last
+        if self.channels_last != "auto":
+            raise ValueError(f"channels_last must be true, false or 'auto', not {self.channels_last!r}")
+        return resolve_device(self.device).type == "cpu" and phase in getattr(model, "cpu_channels_last", ())
+
+    def prepare(self, model: nn.Module, phase: str = "eval") -> nn.Module:
+        """The model in its memory layout in ``phase`` under these settings (:meth:`nhwc`)."""
+        return model.to(memory_format=torch.channels_last) if self.nhwc(model, phase) else model
 
     def record(self) -> dict:
         return {**asdict(self), "threads": int(self.threads)}

@@ -115,9 +115,10 @@ class Run:
     settings: RunSettings = field(default_factory=RunSettings)
 
     precomputed: dict = field(default_factory=dict)  # "train"/"val" -> teacher -> TeacherOutputs
+    nhwc: bool = False  # the student's memory layout (RunSettings.nhwc): batches are moved in it
 
     def to_device(self, batch: dict) -> dict:
-        return to_device(batch, self.device, self.settings.channels_last)
+        return to_device(batch, self.device, self.nhwc)
 
     def teacher_outputs(self, split: str, index: torch.Tensor, batch: dict) -> dict:
         """Online teacher name -> (tap reader, output) on the slices ``index`` of ``split`` ("train" or
@@ -212,7 +213,7 @@ def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device,
     if inputs.init_dir is not None:
         model.load_state_dict(load_weights(Path(inputs.init_dir), device))
         log.info("initialised from %s", inputs.init_dir)
-    model = settings.prepare(model)
+    model = settings.prepare(model, "train")
     summaries = {name: read_json(path) for name, path in inputs.teacher_summaries.items()}
     objective = Objective(spec.losses, summaries).to(device)
     recorder = TapRecorder(model, objective.student_taps())
@@ -225,7 +226,8 @@ def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device,
     scheduler = build_scheduler(optimizer, tcfg.scheduler, tcfg.epochs) if optimizer else None
     run = Run(spec=spec, seed=seed, device=device, train_data=train_data, val_data=val_data, model=model,
               objective=objective, recorder=recorder, teachers=teachers, optimizer=optimizer, scheduler=scheduler,
-              scaler=grad_scaler(device, tcfg.precision), metric=metric, mode=mode, settings=settings)
+              scaler=grad_scaler(device, tcfg.precision), metric=metric, mode=mode, settings=settings,
+              nhwc=settings.nhwc(model, "train"))
     if teachers and tcfg.epochs > 1:  # with one epoch each slice meets the teacher once anyway
         t0, budget = time.perf_counter(), PRECOMPUTE_LIMIT_BYTES
         for split, data in (("train", train_data), ("val", val_data)):
@@ -522,7 +524,8 @@ def finish(run: Run, state: TrainState, inputs: TrainInputs, settings: RunSettin
     }
     write_json(out_dir / "config.json", {"spec": spec.to_dict(), "seed": run.seed, "spec_hash": spec.hash,
                                          "inputs": inputs.record()})
-    write_json(out_dir / "env.json", {**environment_record(inputs.data_hash, torch), "run_settings": settings.record()})
+    write_json(out_dir / "env.json", {**environment_record(inputs.data_hash, torch), "run_settings": settings.record(),
+                                      "memory_format": "channels_last" if run.nhwc else "contiguous"})
     with atomic_path(out_dir / "model.pt") as tmp:
         shutil.copyfile(best_path, tmp)
     summary["model_sha256"] = sha256(out_dir / "model.pt")  # checked by every stage that loads model.pt

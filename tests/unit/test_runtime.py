@@ -77,8 +77,9 @@ def test_bf16_autocast_trains_the_tiny_model_on_cpu(toy_data, tmp_path):
     assert summaries["bf16"]["spec_hash"] != summaries["fp32"]["spec_hash"]
     assert summaries["bf16"]["best_score"] > 0.2
     env = json.loads((tmp_path / "bf16" / "env.json").read_text())
-    assert env["run_settings"] == {"device": "cpu", "threads": 1, "channels_last": False, "cudnn_benchmark": False,
+    assert env["run_settings"] == {"device": "cpu", "threads": 1, "channels_last": "auto", "cudnn_benchmark": False,
                                    "deterministic": False}
+    assert env["memory_format"] == "channels_last"  # a U-Net on CPU under "auto"
 
 
 def test_bf16_autocast_really_runs_in_bfloat16_on_cpu():
@@ -112,10 +113,57 @@ def test_channels_last_is_a_run_setting(toy_data, tmp_path):
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
 
     inputs = TrainInputs(store=store, split=split)
-    a = train(_spec("fp32", epochs=1), 0, inputs, tmp_path / "a", RunSettings(device="cpu"), progress=False)
+    a = train(_spec("fp32", epochs=1), 0, inputs, tmp_path / "a", RunSettings(device="cpu", channels_last=False),
+              progress=False)
     b = train(_spec("fp32", epochs=1), 0, inputs, tmp_path / "b", settings, progress=False)
     assert a["spec_hash"] == b["spec_hash"]
     assert b["best_score"] == pytest.approx(a["best_score"], abs=1e-4)
+    assert json.loads((tmp_path / "a" / "env.json").read_text())["memory_format"] == "contiguous"
+    assert json.loads((tmp_path / "b" / "env.json").read_text())["memory_format"] == "channels_last"
+
+
+def test_channels_last_auto_follows_the_architecture_on_cpu():
+    """"auto" (the default) puts a model in NHWC in the phases its class lists in ``cpu_channels_last``; a
+    boolean overrides it for every model and phase; anything else is refused."""
+    from medkd.models import build_model
+
+    unet = build_model("unet", in_channels=1, out_channels=2, base=4, depth=2)          # ("train", "eval")
+    teacher = build_model("brats_teacher", in_channels=2, out_channels=2)                # ("eval",)
+    student = build_model("brats_student", in_channels=2, out_channels=2)                # none
+    auto = RunSettings(device="cpu")
+    assert auto.channels_last == "auto"
+    assert [auto.nhwc(m, phase) for m in (unet, teacher, student) for phase in ("train", "eval")] == \
+        [True, True, False, True, False, False]
+    def conv_weights(model):
+        return [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]  # layouts differ
+
+    for model, phase, nhwc in ((teacher, "train", False), (student, "eval", False), (unet, "train", True),
+                               (teacher, "eval", True)):
+        prepared = auto.prepare(model, phase)
+        assert conv_weights(prepared)
+        assert all(p.is_contiguous(memory_format=torch.channels_last) == nhwc for p in conv_weights(prepared))
+    for value in (True, False):
+        forced = RunSettings(device="cpu", channels_last=value)
+        assert {forced.nhwc(m, phase) for m in (unet, teacher, student) for phase in ("train", "eval")} == {value}
+    with pytest.raises(ValueError, match="channels_last must be"):
+        RunSettings(device="cpu", channels_last="yes").nhwc(unet)
+    with pytest.raises(ValueError, match="phase must be"):
+        auto.nhwc(unet, "infer")
+
+
+def test_channels_last_predictions_match_the_built_layout():
+    """The same trained weights predict the same classes in either layout (the logits differ by rounding)."""
+    from medkd.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=1, out_channels=4, base=4, depth=2).eval()
+    x = torch.randn(6, 1, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        nhwc = RunSettings(device="cpu", channels_last=True)
+        out = nhwc.prepare(model)(to_device({"image": x}, torch.device("cpu"), True)["image"])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_deterministic_wins_over_cudnn_benchmark():

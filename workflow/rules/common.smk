@@ -45,8 +45,10 @@ class RunFlags:
 
     def __init__(self, cfg):
         flags = [f"--device {cfg['device']}"]
-        flags += [flag for key, flag in (("channels_last", "--channels-last"), ("cudnn_benchmark", "--cudnn-benchmark"),
-                                         ("deterministic", "--deterministic")) if cfg[key]]
+        if isinstance(cfg["channels_last"], bool):  # "auto" (the default) passes nothing
+            flags.append("--channels-last" if cfg["channels_last"] else "--no-channels-last")
+        flags += [flag for key, flag in (("cudnn_benchmark", "--cudnn-benchmark"), ("deterministic", "--deterministic"))
+                  if cfg[key]]
         self.text = " ".join(flags)
 
     def __str__(self):

@@ -13,6 +13,12 @@ package. Conventions every model follows (the training engine relies on them):
   (:mod:`medkd.distill.taps`), so models never return features only for KD.
 * Constructors take ``in_channels`` and ``out_channels`` keyword arguments plus their own
   architecture keywords from the config (``arch_kwargs``).
+* ``cpu_channels_last``: optional class attribute, the phases (``"train"``: a training job, its
+  validation included; ``"eval"``: inference, corruption suite, caches, frozen teachers) in which the
+  architecture ran clearly faster in NHWC (channels-last) layout on CPU in ``benchmarks/memory_format.py``
+  (one thread, x86-64 with oneDNN). The run setting ``channels_last: auto`` (the default) follows it on CPU
+  (:meth:`medkd.runtime.RunSettings.nhwc`); default: no phase. A change of layout changes the rounding, so
+  the numbers, not the method.
 """
 
 from __future__ import annotations

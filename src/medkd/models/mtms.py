@@ -151,6 +151,8 @@ class MTMSMultiTaskUNet(nn.Module):
     Raises:
         ValueError: non-positive width; in ``forward``, a wrong channel count or H, W not divisible by 16.
     """
+    # NHWC on CPU, in both (benchmarks/memory_format.py, x NCHW time: train 0.81-0.82x, inference 0.63-0.74x)
+    cpu_channels_last = ("train", "eval")
 
     def __init__(
         self, in_channels: int = 3, out_channels: int = 1, recon_channels: int | None = None, width: float = 1.0
@@ -239,6 +241,8 @@ class MTMSSmallUNet(nn.Module):
 @MODELS.register("mtms_s1")
 class MTMSStudentS1(MTMSSmallUNet):
     """MTMS student S1 ("U-Net-S"): :class:`MTMSSmallUNet` with base 16; 57,297 parameters at width 1."""
+    # NHWC on CPU, in both (benchmarks/memory_format.py, x NCHW time: train 0.73-0.77x, inference 0.61x)
+    cpu_channels_last = ("train", "eval")
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, width: float = 1.0):
         super().__init__(in_channels=in_channels, out_channels=out_channels, base=16, width=width)
@@ -247,6 +251,9 @@ class MTMSStudentS1(MTMSSmallUNet):
 @MODELS.register("mtms_s2")
 class MTMSStudentS2(MTMSSmallUNet):
     """MTMS student S2 ("U-Net"): :class:`MTMSSmallUNet` with base 32; 227,233 parameters at width 1."""
+    # NHWC on CPU, for inference only (benchmarks/memory_format.py, x NCHW time: inference 0.61-0.63x;
+    # train 0.84-0.96x, unsteady)
+    cpu_channels_last = ("eval",)
 
     def __init__(self, in_channels: int = 3, out_channels: int = 1, width: float = 1.0):
         super().__init__(in_channels=in_channels, out_channels=out_channels, base=32, width=width)
@@ -482,6 +489,8 @@ class MTMSMultiTaskTransUNet(nn.Module):
         ValueError: non-positive width, ``img_dim`` not divisible by 16, or the H/16 map not divisible by
             the patch size; in ``forward``, input not ``(B, in_channels, img_dim, img_dim)``.
     """
+    # NHWC on CPU, for inference only (benchmarks/memory_format.py, x NCHW time: inference 0.70-0.74x; train 0.95-1.10x)
+    cpu_channels_last = ("eval",)
 
     def __init__(
         self,
