@@ -6,7 +6,10 @@ Builds a synthetic slice store (random images, 4 classes) in a temporary directo
   checkpointing; slices/s counted over the training batches only, as the engine reports them);
 * ``plain``: a hand-written loop (randperm, index, forward, cross-entropy, backward, Adam step).
 
-Both use the same U-Net, batch size, optimiser, thread count and number of epochs. Target: the engine's
+Both use the same U-Net, batch size, optimiser (Adam in torch's fused kernel, as :mod:`medkd.optim` builds
+it), memory layout (the engine's default run setting for this architecture on CPU, channels-last for the
+U-Net: :meth:`medkd.runtime.RunSettings.nhwc`), thread count and number of epochs, so the ratio is the
+engine's own overhead. Target: the engine's
 slices/s at least 0.9x the plain loop's. Usage: ``python benchmarks/throughput.py [--size 64] [--epochs 3]``.
 """
 
@@ -26,6 +29,7 @@ from medkd.config import load_config, model_spec
 from medkd.data.splits import make_split, write_split
 from medkd.data.store import SliceCase, write_store
 from medkd.models import build_model
+from medkd.runtime import RunSettings
 from medkd.train import TrainInputs, train
 
 
@@ -44,7 +48,7 @@ def synthetic_store(path: Path, n_cases: int, slices: int, size: int) -> list[st
 
 
 def plain_loop(model, images, targets, epochs, batch_size, lr) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     gen = torch.Generator().manual_seed(0)
     seen, spent = 0, 0.0
     for _ in range(epochs):
@@ -87,7 +91,9 @@ def main() -> None:
                                  "losses": [{"loss": "cross_entropy"}]}}}},
         })
         spec = model_spec(cfg, "bench", "m")
-        summary = train(spec, 0, TrainInputs(store=tmp / "s.h5", split=tmp / "split.json"), tmp / "out", progress=False)
+        settings = RunSettings(device="cpu", threads=args.threads)
+        summary = train(spec, 0, TrainInputs(store=tmp / "s.h5", split=tmp / "split.json"), tmp / "out", settings,
+                        progress=False)
         hist = [json.loads(line) for line in (tmp / "out" / "epochs.jsonl").read_text().splitlines()]
         engine = sum(h["train_seconds"] * h["slices_per_second"] for h in hist) / sum(h["train_seconds"] for h in hist)
 
@@ -98,7 +104,11 @@ def main() -> None:
 
         data = load_segmentation(tmp / "s.h5", cases_for(read_split(tmp / "split.json"), "train"), [0],
                                  {k: list(v) for k, v in spec.classes.items()})
-        plain = plain_loop(model, data.tensors["image"], data.tensors["target"], args.epochs, args.batch_size, 1e-3)
+        images = data.tensors["image"]
+        if settings.nhwc(model, "train"):  # the layout the engine trained in
+            model = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        plain = plain_loop(model, images, data.tensors["target"], args.epochs, args.batch_size, 1e-3)
     print(f"model: unet base {args.base} depth 3 ({summary['params']:,} params), {args.size}x{args.size}, "
           f"batch {args.batch_size}, {args.epochs} epochs, {summary['train_slices']} training slices, "
           f"{args.threads} threads")
