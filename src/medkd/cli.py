@@ -589,8 +589,20 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s failed: no space left on device (%s); outputs are written under temporary names and "
                   "were removed. Free space and re-run the same command.", args.command, exc)
         return 2
-    logging.getLogger("medkd").info("%s done in %.1f s", args.command, time.perf_counter() - t0)
+    logging.getLogger("medkd").info("%s done in %.1f s (%s)", args.command, time.perf_counter() - t0, resource_use())
     return 0
+
+
+def resource_use() -> str:
+    """CPU seconds and peak resident memory of this process and its waited-for children (``getrusage``;
+    Linux counts ``ru_maxrss`` in KiB). A job forked from the fork server counts from its fork: its CPU
+    starts at zero, its RSS includes the preloaded libraries it has touched. Snakemake's benchmark files
+    of local runs measure the fork-server client instead (README: Benchmarks), so the log says it."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return f"CPU {cpu:.1f} s, peak RSS {max(me.ru_maxrss, kids.ru_maxrss) / 1024:.0f} MiB"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""Every step's log ends with its wall time, CPU time and peak memory (the figures Snakemake's benchmark files
+miss for jobs run by the fork server, which measure the client)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from medkd.cli import main, resource_use
+from medkd.config import REPO_ROOT
+
+
+def test_the_done_line_names_wall_cpu_and_peak_rss(capsys):
+    assert main(["spec", "--config", str(REPO_ROOT / "config" / "config.yaml"), "--dataset", "embedded"]) == 0
+    err = capsys.readouterr().err  # main() logs to stderr, as a job's log file receives it
+    line = [text.split("INFO medkd: ", 1)[1] for text in err.splitlines() if " done in " in text]
+    assert len(line) == 1, err
+    m = re.fullmatch(r"spec done in ([0-9.]+) s \(CPU ([0-9.]+) s, peak RSS ([0-9]+) MiB\)", line[0])
+    assert m, line[0]
+    assert int(m.group(3)) > 10  # this interpreter, with NumPy and torch loaded, holds far more than 10 MiB
+    # the benchmark script and the fault gauntlet read the wall time with this pattern
+    assert re.search(r"spec done in ([0-9.]+) s", line[0]).group(1) == m.group(1)
+
+
+def test_cpu_counts_waited_for_children():
+    """A child that burns ~0.4 s of CPU shows in the parent's figure once it has been waited for (the
+    embedded generator's worker processes are such children)."""
+
+    def cpu() -> float:
+        return float(re.match(r"CPU ([0-9.]+) s", resource_use()).group(1))
+
+    before = cpu()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"],
+                   check=True)
+    assert cpu() - before >= 0.35
