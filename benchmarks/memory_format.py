@@ -15,7 +15,7 @@ The last column is what ``channels_last: auto`` (the default run setting) uses o
 class's ``cpu_channels_last`` attribute, set where this benchmark measured NHWC clearly faster on this
 project's machines (x86-64, oneDNN). Check it on yours: a ratio above 1 means NHWC is slower. Models whose
 ``input_keys`` go beyond the image (data-consistency reconstruction) are listed as skipped.
-Usage: ``python benchmarks/memory_format.py [--config config/config.yaml] [--threads 1] [--steps 8] [--repeats 3]``.
+Usage: ``python benchmarks/memory_format.py [--config config/config.yaml] [--threads 1] [--steps 8] [--repeats 5]``.
 """
 
 from __future__ import annotations
