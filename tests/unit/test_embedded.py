@@ -116,3 +116,74 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match="n_cases"):
         generate_embedded(tmp_path / "x", n_cases=0, seed=1234, resolution_mm=8.0, lesion=True)
+
+
+# --- the CPU-independent float path (docs: module docstring of medkd.data.embedded) ---------------------------
+
+
+def test_rotation_is_the_product_of_the_three_axis_rotations():
+    from medkd.data.embedded import _rotation
+
+    angles = np.array([0.3, -1.1, 2.0])
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    got = _rotation(angles)
+    np.testing.assert_allclose(got, rz @ ry @ rx, atol=2.0**-24)
+    np.testing.assert_allclose(got @ got.T, np.eye(3), atol=1e-6)
+    assert np.all(got * 2.0**24 == np.round(got * 2.0**24))  # on the 2**-24 grid
+
+
+def test_apply_matrix_is_a_matrix_product_without_blas():
+    from medkd.data.embedded import _apply_matrix
+
+    rng = np.random.default_rng(0)
+    matrix, grid = rng.normal(size=(3, 3)), rng.normal(size=(3, 50))
+    np.testing.assert_allclose(_apply_matrix(matrix, grid), matrix @ grid, rtol=1e-12, atol=1e-12)
+    # the exact value of one element, summed left to right in float64
+    m, g = matrix, grid[:, 7]
+    assert _apply_matrix(matrix, grid)[1, 7] == (m[1, 0] * g[0] + m[1, 1] * g[1]) + m[1, 2] * g[2]
+
+
+@pytest.mark.parametrize("gamma", [0.8, 1.0, 1.2])
+def test_gamma_curve_matches_x_to_the_gamma_at_zero_half_and_one(gamma):
+    from medkd.data.embedded import _gamma_curve
+
+    x = np.array([0.0, 0.5, 1.0, 0.25, 0.75, -0.1, 1.3])
+    y = _gamma_curve(x, gamma)
+    np.testing.assert_allclose(y[:3], [0.0, 0.5**gamma, 1.0], atol=2.0**-24)
+    assert y[5] == 0.0 and y[6] == 1.0  # clipped to [0, 1]
+    assert np.all(np.diff(_gamma_curve(np.linspace(0, 1, 101), gamma)) > 0)  # monotone
+    # bends the way x ** gamma does (darker for gamma > 1), within 0.03 of it on [0, 1]
+    grid = np.linspace(0, 1, 101)
+    assert np.max(np.abs(_gamma_curve(grid, gamma) - grid**gamma)) < 0.03
+    if gamma > 1:
+        assert y[3] < 0.25 and y[4] < 0.75
+    elif gamma < 1:
+        assert y[3] > 0.25 and y[4] > 0.75
+
+
+def test_lesion_edge_rises_from_10_to_90_percent_over_the_stated_width():
+    from medkd.data.embedded import LESION_EDGE_MM, _lesion_membership
+
+    # a sphere (radii forced equal by a generator whose uniform draws are all the same) is not available, so
+    # measure along the profile of the membership: values at 0.1 and 0.9 are LESION_EDGE_MM apart in mm
+    # along the normalised radius, i.e. edge / mean radius in rho units.
+    shape, res = (64, 64, 64), 1.0
+    member = _lesion_membership(shape, res, np.array([32.0, 32.0, 32.0]), np.random.default_rng(5))
+    assert member.dtype == np.float32 and member.min() == 0.0 and member.max() == 1.0
+    assert 0.0 < float(np.mean((member > 0.0) & (member < 1.0))) < 0.1  # a thin shell of partial membership
+    # smoothstep: the 10 % and 90 % points of 3t^2 - 2t^3 are 1 - 2 * 0.1958 of the ramp apart
+    from medkd.data.embedded import SMOOTHSTEP_10_90
+
+    t = 0.5 - 0.5 * SMOOTHSTEP_10_90
+    assert abs(3 * t * t - 2 * t**3 - 0.1) < 1e-4
+    assert LESION_EDGE_MM == 1.0
+
+
+def test_images_are_stored_on_the_2_to_the_minus_12_grid(two_runs):
+    image = np.asarray(nib.load(two_runs[0] / "imagesTr/emb_000.nii.gz").dataobj)
+    assert image.dtype == np.float32 and image.max() > 0.5
+    assert np.all(image * 4096 == np.round(image * 4096))
