@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 # CONFIGFILE=path/to.yaml runs `make report` (and ui's store stays results/mlflow.db) on another config.
 SMK_CONFIG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE))
 
-.PHONY: venv reproduce report test test-e2e test-all test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
+.PHONY: venv reproduce reference report test test-e2e test-all test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
 
 venv: $(STAMP)
 
@@ -24,14 +24,16 @@ $(STAMP): pyproject.toml requirements.lock
 
 reproduce: $(STAMP)
 	@start=$$(date +%s); \
-	$(BIN)/snakemake --cores $(CORES) results/tables/all.csv || exit $$?; \
+	$(BIN)/snakemake --cores $(CORES) results/tables/all.csv results/tables/reproduced.md || exit $$?; \
 	end=$$(date +%s); \
 	echo ""; echo "medkd: finished in $$(( end - start )) s."; \
 	echo "Tables:  $(CURDIR)/results/tables/ (all.csv, <experiment>.md/.csv/.tex)"; \
 	echo "Figures: $(CURDIR)/results/figures/"; \
 	echo "MLflow:  make ui  (store results/mlflow.db)"; \
 	echo "Health:  $(CURDIR)/results/tables/health.md"; echo ""; \
-	cat results/tables/health.md
+	cat results/tables/health.md; echo ""; \
+	echo "Against the reference run ($(CURDIR)/results/tables/reproduced.md; tolerances: docs/reproducibility.md):"; \
+	sed -n '/^```$$/,/^```$$/{/^```$$/d;p}' results/tables/reproduced.md
 
 # results/report.html: Snakemake's self-contained report of a finished run (the default target `all` first:
 # the tables, the qualitative panels and the report pages; a finished run only adds those).
@@ -77,6 +79,12 @@ plan: $(STAMP)
 ui: $(STAMP)
 	@echo "MLflow: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (runs view of each experiment)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port 5000
+
+# Make a finished run the reference that later runs are compared with (results/tables/reproduced.md): writes
+# REFERENCE (the default's: config/reference/embedded_default.csv) and a JSON of the machine and kernels beside it.
+REFERENCE ?= config/reference/embedded_default.csv
+reference: $(STAMP)
+	workflow/scripts/medkd reference --table results/tables/all.csv --out $(REFERENCE)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

@@ -45,6 +45,7 @@ localrules:
     robustness_table,
     track,
     collect,
+    reproduced,
     panels,
     report_pages,
     paper_numbers,
@@ -72,6 +73,7 @@ onerror:
 rule all:
     input:
         "results/tables/all.csv",
+        "results/tables/reproduced.md",
         "results/report/overview.html",
         "results/report/paper_numbers.html",
         expand("results/report/{exp}/paper.html", exp=EXPERIMENTS),

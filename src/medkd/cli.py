@@ -329,7 +329,7 @@ def cmd_overview(args) -> None:
 
     fps = {Path(p).stem: read_json(p) for p in args.fingerprints}
     write_overview(json.loads(args.run_summary), args.config_files, args.all, args.model_dirs, fps,
-                   args.paper_numbers, args.logs_dir, args.out)
+                   args.paper_numbers, args.logs_dir, args.out, reproduced_csv=args.reproduced)
 
 
 def cmd_collect(args) -> None:
@@ -337,6 +337,43 @@ def cmd_collect(args) -> None:
 
     df = collect(args.tables, args.runs, args.out, robustness=args.robustness, health_md=args.health_md)
     print(f"{len(df)} rows -> {args.out}")
+
+
+def cmd_reproduced(args) -> None:
+    from medkd.io import read_json
+    from medkd.reproduced import run
+
+    about = read_json(args.about) if args.about else None
+    lines = run(args.table, args.reference, json.loads(args.tolerances), args.csv, args.md, about=about)
+    print("\n".join(lines))
+
+
+def cmd_reference(args) -> None:
+    """Write a reference run (the comparison's ``reference_run``) from a finished run's all.csv: the matched
+    columns only (no latency), and beside it a JSON of where and with which kernels it was made (this
+    process's kernels: run it on the machine and with the environment of the run)."""
+    import datetime
+    import platform
+
+    import pandas as pd
+    import torch
+
+    from medkd.io import atomic_path
+    from medkd.provenance import kernel_record
+    from medkd.reproduced import KEYS, NOT_COMPARED
+
+    table = pd.read_csv(args.table)
+    table = table[~table["convention"].isin(NOT_COMPARED)]
+    keep = [*KEYS, "mean", "sd", "n_seeds", "n_cases", "health"]
+    with atomic_path(args.out) as tmp:
+        table[[c for c in keep if c in table.columns]].to_csv(tmp, index=False, float_format="%.6g")
+    commits = sorted(set(table["git_commit"].dropna().astype(str))) if "git_commit" in table.columns else []
+    about = {"made": datetime.date.today().isoformat(), "git_commit_of_the_jobs": commits,
+             "platform": platform.platform(), "torch": torch.__version__,
+             "torch_threads": args.threads, **kernel_record(torch)}
+    with atomic_path(Path(args.out).with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(about, indent=2, sort_keys=True) + "\n")
+    print(f"{len(table)} rows -> {args.out} (+ {Path(args.out).with_suffix('.json').name})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config-files", nargs="*", default=[])
     sp.add_argument("--model-dirs", nargs="+", required=True)
     sp.add_argument("--fingerprints", nargs="*", default=[])
+    sp.add_argument("--reproduced", help="results/tables/reproduced.csv: this run against the reference run")
 
     sp = add("collect", cmd_collect, "all experiments' tables -> results/tables/all.csv")
     sp.add_argument("--tables", nargs="+", required=True)
@@ -504,6 +542,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="results/mlflow/runs/<exp>.json of every experiment (MLflow run ids)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--health-md", help="health summary of every model (default: health.md beside --out)")
+
+    sp = add("reproduced", cmd_reproduced, "every number of all.csv against a reference run, within tolerance")
+    sp.add_argument("--table", required=True, help="this run's results/tables/all.csv")
+    sp.add_argument("--reference", help="the reference all.csv (none: the output says no reference is named)")
+    sp.add_argument("--about", help="JSON beside the reference: where and with which kernels it was made")
+    sp.add_argument("--tolerances", required=True, help='JSON {metric: absolute tolerance, "default": ...}')
+    sp.add_argument("--csv", required=True)
+    sp.add_argument("--md", required=True)
+
+    sp = add("reference", cmd_reference, "a finished run's all.csv -> a reference run (CSV + JSON of its machine)")
+    sp.add_argument("--table", required=True, help="results/tables/all.csv of the finished run")
+    sp.add_argument("--out", required=True, help="e.g. config/reference/embedded_default.csv")
     return p
 
 

@@ -395,11 +395,44 @@ def _duration(seconds: float) -> str:
     return (f"{h} h " if h else "") + (f"{m} min " if h or m else "") + f"{s} s"
 
 
+def _reproduced_cell(rep: pd.DataFrame | None, experiment: str) -> str:
+    """``12/12 within tolerance`` for one experiment's rows of reproduced.csv ('' without a comparison)."""
+    if rep is None or not len(rep):
+        return "no reference named" if rep is not None else ""
+    sel = rep[rep["experiment"] == experiment]
+    return f"{int((sel['verdict'] == 'within').sum())}/{len(sel)} within tolerance" if len(sel) else "not in the reference"
+
+
+def _reproduced_section(rep: pd.DataFrame) -> str:
+    """The landing page's comparison with the reference run: a sentence, then every number outside its
+    tolerance with both values."""
+    if not len(rep):
+        return ("<p id=\"reproduced\">The config names no reference run (<code>reference_run</code>); "
+                "nothing was compared.</p>")
+    bad = rep[rep["verdict"] != "within"]
+    text = (f"<p id=\"reproduced\"><b>{len(rep) - len(bad)} of {len(rep)}</b> numbers of all.csv are within "
+            "tolerance of the reference run (the tolerance is how far a number moves between CPUs' instruction "
+            "sets: docs/reproducibility.md; results/tables/reproduced.md).</p>")
+    if not len(bad):
+        return text
+    cells = ["experiment", "model", "class", "metric", "ours", "reference", "difference", "tolerance", "verdict", "note"]
+    rows = "".join("<tr>" + "".join(f"<td>{esc(_fmt(r[c]))}</td>" for c in cells) + "</tr>"
+                   for r in bad.to_dict("records"))
+    return (text + "<table id=\"not-reproduced\"><thead><tr>" + "".join(f"<th>{c}</th>" for c in cells)
+            + f"</tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def write_overview(cfg: dict, config_files: list[str], all_csv, model_dirs: list, fingerprints: dict,
-                   paper_numbers_csv, logs_dir, out_html, head_commit: dict | None = None) -> None:
-    """The landing page: what ran, on which code and data, how long it took, verdicts and health. ``cfg``: the
-    run summary the Snakefile passes (description, seeds, device, config_hash, experiments: {name: paper,
-    dataset, task, models, setting, group})."""
+                   paper_numbers_csv, logs_dir, out_html, head_commit: dict | None = None,
+                   reproduced_csv=None) -> None:
+    """The landing page: what ran, on which code and data, how long it took, whether it reproduced the
+    reference run, verdicts and health. ``cfg``: the run summary the Snakefile passes (description, seeds,
+    device, config_hash, experiments: {name: paper, dataset, task, models, setting, group});
+    ``reproduced_csv``: results/tables/reproduced.csv (medkd.reproduced), or None."""
     from medkd.provenance import git_commit
 
     df = pd.read_csv(all_csv)
@@ -411,6 +444,7 @@ def write_overview(cfg: dict, config_files: list[str], all_csv, model_dirs: list
     train_sum = sum(float(s.get("train_seconds", 0.0)) for s in summaries)
     first, last, n_logs = log_span(logs_dir)
     pn = pd.read_csv(paper_numbers_csv) if paper_numbers_csv and Path(paper_numbers_csv).exists() else None
+    rep = pd.read_csv(reproduced_csv, keep_default_na=False) if reproduced_csv else None
 
     what = [("config", ", ".join(config_files) + (f" ({cfg.get('description')})" if cfg.get("description") else "")),
             ("config hash", cfg.get("config_hash", "")),
@@ -443,10 +477,13 @@ def write_overview(cfg: dict, config_files: list[str], all_csv, model_dirs: list
             f"<td>{esc(e.get('paper', ''))}</td>", f"<td>{esc(e['dataset'])}</td>", f"<td>{esc(e['task'])}</td>",
             f"<td>{esc(', '.join(e['models']))}</td>",
             f"<td>{esc(sel['n_seeds'].max() if len(sel) else '')}</td>",
-            f"<td>{esc(', '.join(f'{k} {n}' for k, n in counts.items()) or 'no reference')}</td>"]) + "</tr>")
+            f"<td>{esc(', '.join(f'{k} {n}' for k, n in counts.items()) or 'no reference')}</td>",
+            f"<td>{esc(_reproduced_cell(rep, name))}</td>"]) + "</tr>")
     body.append("<table id=\"experiments\"><thead><tr><th>experiment</th><th>paper</th><th>dataset</th><th>task</th>"
-                "<th>models</th><th>seeds</th><th>paper numbers</th></tr></thead><tbody>" + "".join(rows)
-                + "</tbody></table>")
+                "<th>models</th><th>seeds</th><th>paper numbers</th><th>reference run</th></tr></thead><tbody>"
+                + "".join(rows) + "</tbody></table>")
+    if rep is not None:
+        body += ["<h2>Reproduced?</h2>", _reproduced_section(rep)]
     if pn is not None:
         counts = verdict_counts(pn)
         body += ["<h2>Paper numbers</h2>",

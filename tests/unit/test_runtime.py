@@ -80,6 +80,27 @@ def test_bf16_autocast_trains_the_tiny_model_on_cpu(toy_data, tmp_path):
     assert env["run_settings"] == {"device": "cpu", "threads": 1, "channels_last": "auto", "cudnn_benchmark": False,
                                    "deterministic": False}
     assert env["memory_format"] == "channels_last"  # a U-Net on CPU under "auto"
+    import torch
+
+    kernels = env["kernels"]  # which CPU kernels produced the number
+    assert kernels["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert kernels["cpu"] and isinstance(kernels["env"], dict)
+
+
+def test_kernel_record_names_forced_kernels_in_a_child():
+    import subprocess
+    import sys
+
+    code = ("import json, torch; from medkd.provenance import kernel_record; "
+            "print(json.dumps(kernel_record(torch)))")
+    env = {**__import__("os").environ, "ATEN_CPU_CAPABILITY": "default", "OPENBLAS_CORETYPE": "Haswell"}
+    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["torch_cpu_capability"] == "DEFAULT"
+    assert record["env"]["ATEN_CPU_CAPABILITY"] == "default" and "ONEDNN_MAX_CPU_ISA" not in record["env"]
+    assert record["numpy_blas"][0]["api"] == "openblas" and record["numpy_blas"][0]["core"] == "Haswell"
 
 
 def test_bf16_autocast_really_runs_in_bfloat16_on_cpu():

@@ -1,6 +1,7 @@
 # Helpers shared by every stage file: the validated config, path builders, job parameters.
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -390,3 +391,25 @@ def release_owner():
     import os
 
     (_OWNERS / f"{os.getpid()}-{_start_time(os.getpid())}").unlink(missing_ok=True)
+
+
+def reference_run_inputs():
+    """The reference all.csv (and its JSON) the config names under ``reference_run``, as inputs of rule
+    reproduced; none when the config names no reference."""
+    ref = CFG.get("reference_run")
+    return [ref["table"], *([ref["about"]] if ref.get("about") else [])] if ref else []
+
+
+def reference_run_args():
+    """``medkd reproduced`` arguments: the reference, its JSON and the tolerances (medkd.reproduced's defaults
+    updated by the config's ``reference_run.tolerance``)."""
+    from medkd.reproduced import DEFAULT_TOLERANCES
+
+    ref = CFG.get("reference_run") or {}
+    tolerances = {**DEFAULT_TOLERANCES, **ref.get("tolerance", {})}
+    args = [f"--tolerances {shlex.quote(canonical_json(tolerances))}"]
+    if ref:
+        args.append(f"--reference {shlex.quote(ref['table'])}")
+        if ref.get("about"):
+            args.append(f"--about {shlex.quote(ref['about'])}")
+    return " ".join(args)

@@ -188,6 +188,7 @@ rule paper_numbers:
 rule overview:
     input:
         all="results/tables/all.csv",
+        reproduced="results/tables/reproduced.csv",
         paper_numbers="results/tables/paper_numbers.csv",
         summaries=[f"{model_dir(e, m, s)}/summary.json" for e in EXPERIMENTS for m, s in all_runs(e)],
         fingerprints=sorted({f"results/slices/{exp_dataset(e)}.json" for e in EXPERIMENTS}),
@@ -208,4 +209,25 @@ rule overview:
     shell:
         "workflow/scripts/medkd overview --run-summary {params.run:q} --config-files {params.configfiles}"
         " --all {input.all} --paper-numbers {input.paper_numbers} --model-dirs {params.model_dirs}"
-        " --fingerprints {input.fingerprints} --logs-dir results/logs --out {output.html} > {log} 2>&1"
+        " --fingerprints {input.fingerprints} --reproduced {input.reproduced} --logs-dir results/logs"
+        " --out {output.html} > {log} 2>&1"
+
+
+rule reproduced:
+    input:
+        all="results/tables/all.csv",
+        reference=reference_run_inputs(),
+    output:
+        csv="results/tables/reproduced.csv",
+        md=report("results/tables/reproduced.md", caption="../report/reproduced.rst", category="Overview",
+                  labels={"page": "reproduced.md: this run against the reference run"}),
+    params:
+        code=code("reproduced"),
+        args=reference_run_args(),
+    log:
+        "results/logs/reproduced.log",
+    conda:
+        "../../envs/tables.yaml"
+    shell:
+        "workflow/scripts/medkd reproduced --table {input.all} {params.args} --csv {output.csv} --md {output.md}"
+        " > {log} 2>&1"
