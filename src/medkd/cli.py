@@ -366,7 +366,7 @@ def cmd_reference(args) -> None:
     table = table[~table["convention"].isin(NOT_COMPARED)]
     keep = [*KEYS, "mean", "sd", "n_seeds", "n_cases", "health"]
     with atomic_path(args.out) as tmp:
-        table[[c for c in keep if c in table.columns]].to_csv(tmp, index=False, float_format="%.6g")
+        table[[c for c in keep if c in table.columns]].to_csv(tmp, index=False, float_format="%.8g")
     commits = sorted(set(table["git_commit"].dropna().astype(str))) if "git_commit" in table.columns else []
     about = {"made": datetime.date.today().isoformat(), "git_commit_of_the_jobs": commits,
              "platform": platform.platform(), "torch": torch.__version__,
