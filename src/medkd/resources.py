@@ -58,9 +58,36 @@ def uses_gpu(cfg: Mapping, rule: str) -> bool:
     return rule in NETWORK_RULES and cfg.get("device", "auto") != "cpu"
 
 
-def gpu(cfg: Mapping, rule: str) -> int:
-    """The ``gpu`` resource (the SLURM plugin turns 1 into ``--gpus=1``)."""
-    return 1 if uses_gpu(cfg, rule) else 0
+def gpu(cfg: Mapping, rule: str, local_gpus: int | None = None) -> int:
+    """The ``gpu`` resource (the SLURM plugin turns 1 into ``--gpus=1``; locally the profile's
+    ``resources: gpu=<n>`` lets at most n such jobs run at once).
+
+    ``local_gpus``: None for a cluster run (the node's GPUs are the scheduler's business); for a local run
+    the GPUs this machine shows (:func:`visible_gpus`): with none, device ``auto`` runs on the CPU, so its
+    jobs ask for no GPU and are not serialised behind a limit meant for GPUs.
+    """
+    if not uses_gpu(cfg, rule):
+        return 0
+    if local_gpus is not None and local_gpus == 0 and cfg.get("device", "auto") == "auto":
+        return 0
+    return 1
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None, dev: str = "/dev") -> int:
+    """NVIDIA GPUs this process could use, without importing torch: the entries of ``CUDA_VISIBLE_DEVICES``
+    when it is set (empty or ``-1``: none), else the ``/dev/nvidia<k>`` device files. Meant for the local
+    machine of a local run only (a cluster's nodes are not this machine)."""
+    import os
+    import re
+
+    env = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in env:
+        ids = [i for i in env["CUDA_VISIBLE_DEVICES"].split(",") if i.strip()]
+        return 0 if not ids or ids[0].strip() == "-1" else len(ids)
+    try:
+        return sum(1 for name in os.listdir(dev) if re.fullmatch(r"nvidia\d+", name))
+    except OSError:
+        return 0
 
 
 def runtime(cfg: Mapping, rule: str, exp: str | None = None, model: str | None = None, attempt: int = 1) -> int:

@@ -1,4 +1,5 @@
-"""Work-around for a Snakemake scheduler bug that burns a core during long local runs; applied by the Snakefile.
+"""Work-around for a Snakemake scheduler bug that burns a core during long local runs; applied by the Snakefile
+in the Snakemake client only (``workflow.is_main_process``), never in a job that re-parses the Snakefile.
 
 **The bug** (Snakemake 8.17 to at least 9.27, the pinned version; upstream: snakemake/snakemake#3804 "Snakemake
 forkbombing itself", PR #3744 on the rate limiter re-running the main loop). The job rate limiter
@@ -52,11 +53,46 @@ def single_reevaluation_timer(scheduler_cls: type) -> bool:
     return True
 
 
-def apply() -> bool:
-    """Patch the installed Snakemake's ``JobScheduler``; False (and a debug line) when it has no such class."""
+UPSTREAM = "snakemake/snakemake#3804"
+"""The upstream issue of the bug this module works around (named in the warning when the patch cannot apply)."""
+TESTED_VERSIONS = ("9.27.1",)
+"""Snakemake versions whose scheduler this patch was read against and tested on (requirements.lock pins 9.27.1)."""
+
+
+def apply(is_main_process: bool = True, warn=None) -> bool:
+    """Patch the installed Snakemake's ``JobScheduler`` in the client only.
+
+    ``is_main_process``: Snakemake's ``workflow.is_main_process`` (False inside a job that re-parses the
+    Snakefile: a SLURM job step, a conda or script job); nothing is patched there, since only the client
+    schedules. ``warn``: called with one line when the running Snakemake lacks the method this patches
+    (another version: the scheduler is left as it is and the bug, if still there, costs CPU); default:
+    Snakemake's logger's ``warning``.
+
+    Returns True when patched (or already patched), False otherwise.
+    """
+    if not is_main_process:
+        return False
     try:
         from snakemake.scheduling.job_scheduler import JobScheduler
     except ImportError:
-        log.debug("snakemake.scheduling.job_scheduler.JobScheduler not found: scheduler left as is")
+        JobScheduler = None
+    original = getattr(JobScheduler, "_schedule_reevalutation", None) if JobScheduler is not None else None
+    if original is None:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("snakemake")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        message = (f"medkd: the scheduler work-around for {UPSTREAM} (one re-evaluation timer instead of one "
+                   f"per finished job) was not applied: Snakemake {version} has no "
+                   f"snakemake.scheduling.job_scheduler.JobScheduler._schedule_reevalutation (tested on "
+                   f"{', '.join(TESTED_VERSIONS)}). If {UPSTREAM} is not fixed in it, long local runs "
+                   "lose up to a fifth of a core to the scheduler (src/medkd/snakemake_fixes.py).")
+        if warn is None:
+            from snakemake.logging import logger
+
+            warn = logger.warning
+        warn(message)
         return False
-    return single_reevaluation_timer(JobScheduler)
+    return single_reevaluation_timer(JobScheduler) or getattr(original, _PATCHED, False)

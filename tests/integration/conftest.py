@@ -7,6 +7,32 @@ import pytest
 from wfhelpers import run_tiny_config, snakemake
 
 
+@pytest.fixture(scope="session", autouse=True)
+def active_conda_environment(tmp_path_factory):
+    """Every end-to-end run happens with a conda environment active, as on a cluster login node where conda's
+    base is on by default: CONDA_PREFIX names a fake environment whose python records that it ran and fails.
+    Jobs (local, fork server, SLURM) must run the project's interpreter, never this one (workflow/scripts/
+    medkd); the session fails at its end if anything ran it."""
+    import os
+    from pathlib import Path
+
+    prefix = tmp_path_factory.mktemp("conda") / "miniconda3"
+    (prefix / "bin").mkdir(parents=True)
+    marker = Path(f"{prefix}.ran")
+    (prefix / "bin" / "python").write_text(f'#!/bin/sh\necho "$*" >> "{marker}"\nexit 97\n')
+    (prefix / "bin" / "python").chmod(0o755)
+    saved = {k: os.environ.get(k) for k in ("CONDA_PREFIX", "CONDA_DEFAULT_ENV")}
+    os.environ.update(CONDA_PREFIX=str(prefix), CONDA_DEFAULT_ENV="base")
+    yield prefix
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert not marker.exists(), f"a job ran the active conda environment's python: {marker.read_text()[:500]}"
+
+
+
 @pytest.fixture(scope="session")
 def tiny_workflow(tmp_path_factory):
     """The tiny config run through the whole DAG once; yields the working directory.

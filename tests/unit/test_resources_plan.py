@@ -98,3 +98,21 @@ def test_plan_text_and_calibration(tmp_path):
     (run / "summary.json").write_text(json.dumps({"epochs": 2, "train_seconds": 4.0, "flops_per_slice": 1e12,
                                                   "train_slices": 10}))
     assert planmod.calibrate(tmp_path / "results") == (pytest.approx(15.0), 1)
+
+
+def test_local_gpu_request_follows_the_machine(tmp_path):
+    cfg = {"device": "auto"}
+    assert resources.gpu(cfg, "train") == 1  # a cluster run: the profile maps it to --gpus=1
+    assert resources.gpu(cfg, "train", local_gpus=0) == 0  # a CPU-only workstation: not serialised
+    assert resources.gpu(cfg, "train", local_gpus=2) == 1
+    assert resources.gpu({"device": "cuda"}, "train", local_gpus=0) == 1  # asked for explicitly: keep the limit
+    assert resources.gpu({"device": "cpu"}, "train", local_gpus=2) == 0
+    assert resources.gpu(cfg, "evaluate", local_gpus=2) == 0
+    (tmp_path / "nvidia0").touch()
+    (tmp_path / "nvidia1").touch()
+    (tmp_path / "nvidiactl").touch()
+    assert resources.visible_gpus({}, dev=str(tmp_path)) == 2
+    assert resources.visible_gpus({"CUDA_VISIBLE_DEVICES": "3"}, dev=str(tmp_path)) == 1
+    assert resources.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, dev=str(tmp_path)) == 0
+    assert resources.visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}, dev=str(tmp_path)) == 0
+    assert resources.visible_gpus({}, dev=str(tmp_path / "missing")) == 0

@@ -66,3 +66,31 @@ def test_installed_snakemake_has_the_patched_method():
     assert hasattr(JobScheduler, "_schedule_reevalutation")
     snakemake_fixes.apply()
     assert getattr(JobScheduler._schedule_reevalutation, "_medkd_single_reevaluation_timer", False)
+
+
+def test_apply_patches_the_installed_snakemake_in_the_client_only(monkeypatch):
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    original = JobScheduler.__dict__["_schedule_reevalutation"]
+    try:
+        warnings = []
+        assert snakemake_fixes.apply(is_main_process=False, warn=warnings.append) is False  # a job: untouched
+        assert JobScheduler.__dict__["_schedule_reevalutation"] is original and not warnings
+        assert snakemake_fixes.apply(is_main_process=True, warn=warnings.append) is True  # the client
+        assert getattr(JobScheduler._schedule_reevalutation, "_medkd_single_reevaluation_timer", False)
+        assert snakemake_fixes.apply(is_main_process=True, warn=warnings.append) is True  # idempotent
+        assert not warnings
+    finally:
+        JobScheduler._schedule_reevalutation = original
+
+
+def test_apply_warns_with_the_upstream_issue_when_the_method_is_missing(monkeypatch):
+    from snakemake.scheduling import job_scheduler
+
+    class WithoutIt:
+        pass
+
+    monkeypatch.setattr(job_scheduler, "JobScheduler", WithoutIt)
+    warnings = []
+    assert snakemake_fixes.apply(is_main_process=True, warn=warnings.append) is False
+    assert len(warnings) == 1 and "snakemake/snakemake#3804" in warnings[0] and "9.27.1" in warnings[0]

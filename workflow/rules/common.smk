@@ -24,8 +24,8 @@ REPORT_PRIORITY = 10
 
 # One pending scheduler re-evaluation timer instead of one more per finished job (a Snakemake bug that left
 # ~185 timers, each waking the scheduler loop once a second, late in the embedded default;
-# src/medkd/snakemake_fixes.py).
-snakemake_fixes.apply()
+# src/medkd/snakemake_fixes.py). In the client only; a warning names the upstream issue when it cannot apply.
+snakemake_fixes.apply(workflow.is_main_process)
 
 try:
     CFG = load_config(config)
@@ -216,6 +216,11 @@ def train_extra_args(wildcards):
     return " ".join(args)
 
 
+# GPUs of this machine for a local run (none: device auto trains on the CPU and asks for no GPU); None when
+# jobs go to a cluster, whose nodes are not this machine.
+LOCAL_GPUS = _resources.visible_gpus() if workflow.local_exec else None
+
+
 def job_resources(rule_name):
     """Snakemake resources of a rule's jobs, sized from the config (medkd.resources): runtime and mem_mb (the
     experiment's or model's `resources` entry, else scaled from the dataset's slices), times the attempt, and
@@ -238,7 +243,7 @@ def job_resources(rule_name):
 
     out = {"mem_mb": mem_mb, "runtime": runtime}
     if rule_name in _resources.NETWORK_RULES:
-        out["gpu"] = _resources.gpu(CFG, rule_name)
+        out["gpu"] = _resources.gpu(CFG, rule_name, LOCAL_GPUS)
     return out
 
 
