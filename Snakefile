@@ -52,21 +52,16 @@ localrules:
     overview,
 
 
-clear_stale_lock()
-
-
 onstart:
     start_forkserver()
 
 
 onsuccess:
     stop_forkserver()
-    release_owner()
 
 
 onerror:
     stop_forkserver()
-    release_owner()
 
 
 # The default target: the tables and everything `make report` shows (results/report.html).

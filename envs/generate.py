@@ -45,7 +45,7 @@ GROUPS = {
         ["torch", "numpy", "scipy", "pandas", "matplotlib", "mlflow", "PyYAML", "jsonschema", "h5py"],
     ),
     "tables": (
-        ["tables", "paper_table", "collect", "report_pages", "paper_numbers", "overview"],
+        ["tables", "paper_table", "collect", "reproduced", "report_pages", "paper_numbers", "overview"],
         ["numpy", "scipy", "pandas", "matplotlib", "mlflow", "PyYAML", "jsonschema"],
     ),
 }

@@ -640,7 +640,24 @@ def main(argv: list[str] | None = None) -> int:
                   "were removed. Free space and re-run the same command.", args.command, exc)
         return 2
     logging.getLogger("medkd").info("%s done in %.1f s (%s)", args.command, time.perf_counter() - t0, resource_use())
+    if os.environ.get(RECORD_IMPORTS_VARIABLE):
+        record_imports(args.command, os.environ[RECORD_IMPORTS_VARIABLE])
     return 0
+
+
+RECORD_IMPORTS_VARIABLE = "MEDKD_RECORD_IMPORTS"
+"""A directory: every successful step writes there the medkd modules it imported (tests/integration/
+test_codehash_closure.py compares them with medkd.codehash's static closure)."""
+
+
+def record_imports(step: str, folder: str) -> None:
+    """Write ``<folder>/<step>-<pid>.json``: {"step", "argv", "modules": the imported ``medkd`` modules}."""
+    import os
+
+    path = Path(folder) / f"{step}-{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modules = sorted(m for m in sys.modules if m == "medkd" or m.startswith("medkd."))
+    path.write_text(json.dumps({"step": step, "argv": sys.argv[1:], "modules": modules}))
 
 
 def resource_use() -> str:

@@ -4,8 +4,10 @@ Snakemake re-runs a job when its params change. Every rule passes ``code=<hash>`
 the source files its ``medkd <step>`` command can execute, found statically (no import, so the Snakefile
 stays fast and torch-free):
 
-* the body of ``cmd_<step>`` in :mod:`medkd.cli` (its text, not the whole CLI file, so editing one
-  subcommand does not re-run the others);
+* from :mod:`medkd.cli`, not the whole file (so editing one subcommand does not re-run the others):
+  ``cmd_<step>``, ``main`` and every module-level function, class or constant of the CLI they use
+  (transitively), and the step's part of ``build_parser`` (its ``add("<step>", ...)`` block with the
+  argparse defaults, the shared prelude and the nested helpers the block calls);
 * every ``medkd`` module that body imports, and transitively every ``medkd`` module those import
   (imports inside functions included: a lazy import is still code the step may run);
 * for registry packages (:mod:`medkd.models`, :mod:`medkd.distill`, :mod:`medkd.data.formats`: packages
@@ -15,6 +17,11 @@ stays fast and torch-free):
   re-runs the students whose loss terms use ``infonce``/``pmd`` (and what follows them), not the others;
   editing the engine (``train.py``) re-runs every training job; editing ``report.py`` re-runs tables
   and later.
+
+What is hashed is each piece's syntax tree (``ast.dump`` without line numbers), with docstrings removed:
+comments, docstrings, blank lines and line breaks change no hash, so editing them re-runs nothing; any edit
+of code does. The dump's format belongs to the Python version, so another interpreter gives other hashes
+(and re-runs), as another Python may also compute differently.
 
 Edge cases: a registry's ``discover`` imports every module of its package at run time, so a syntax
 error in an unrelated model file still breaks a job whose hash did not change; third-party code and
@@ -50,9 +57,16 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-@lru_cache(maxsize=None)
 def _tree(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
+    """The file's syntax tree without docstrings (nothing here reads them; :func:`normalised` hashes this),
+    parsed once per version of the file (cached on its modification time and size)."""
+    stat = path.stat()
+    return _parsed(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=None)
+def _parsed(path: Path, mtime_ns: int, size: int) -> ast.Module:
+    return _strip_docstrings(ast.parse(path.read_text(), filename=str(path)))
 
 
 def imported_modules(node: ast.AST, current: str, is_package: bool) -> set[str]:
@@ -79,6 +93,12 @@ def imported_modules(node: ast.AST, current: str, is_package: bool) -> set[str]:
     return {m for m in found if module_file(m) is not None}
 
 
+@lru_cache(maxsize=None)
+def _file_imports(path: Path, name: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """:func:`imported_modules` of a whole file, once per version of it."""
+    return tuple(sorted(imported_modules(_parsed(path, mtime_ns, size), name, path.name == "__init__.py")))
+
+
 def _is_registry_package(name: str) -> bool:
     return name in REGISTRIES.values()
 
@@ -97,7 +117,8 @@ def closure(modules: Iterable[str]) -> set[Path]:
         path = module_file(name)
         if path is None:
             continue
-        todo += imported_modules(_tree(path), name, path.name == "__init__.py")
+        stat = path.stat()
+        todo += _file_imports(path, name, stat.st_mtime_ns, stat.st_size)
     return {p for p in (module_file(m) for m in seen) if p is not None}
 
 
@@ -122,14 +143,110 @@ def registered(kind: str) -> dict[str, str]:
     return out
 
 
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """Remove, in place, the docstring of every module, class and function under ``tree``; return it."""
+    for sub in ast.walk(tree):
+        if isinstance(sub, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = sub.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                sub.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def normalised(node: ast.AST) -> str:
+    """The code of ``node`` as hashed: its syntax tree without docstrings (removed in place), comments or
+    positions."""
+    return ast.dump(_strip_docstrings(node), include_attributes=False)
+
+
+def _normalised_file(path: Path) -> str:
+    stat = path.stat()
+    return _normalised_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=None)
+def _normalised_version(path: Path, mtime_ns: int, size: int) -> str:
+    return ast.dump(_parsed(path, mtime_ns, size), include_attributes=False)
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _defined_steps(stmt: ast.stmt) -> list[str]:
+    """The subcommands a statement of ``build_parser`` defines: ``sp = add("<step>", ...)``, or a ``for``
+    loop over tuples whose first items name steps and whose body calls ``add`` (``cache`` and ``infer``)."""
+    if (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call)
+            and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "add"
+            and stmt.value.args and isinstance(stmt.value.args[0], ast.Constant)):
+        return [stmt.value.args[0].value]
+    if isinstance(stmt, ast.For) and "add" in {n.func.id for n in ast.walk(stmt) if isinstance(n, ast.Call)
+                                              and isinstance(n.func, ast.Name)}:
+        items = stmt.iter.elts if isinstance(stmt.iter, (ast.Tuple, ast.List)) else []
+        return [item.elts[0].value for item in items if isinstance(item, (ast.Tuple, ast.List)) and item.elts
+                and isinstance(item.elts[0], ast.Constant) and isinstance(item.elts[0].value, str)]
+    return []
+
+
+def parser_part(build_parser: ast.FunctionDef, step: str) -> list[ast.stmt]:
+    """The statements of ``build_parser`` that shape ``step``'s arguments: the prelude (before the first
+    subcommand) without its nested functions, the nested functions the step's block uses (``add`` always),
+    and the step's block: from the statement that defines it (:func:`_defined_steps`) to the next one."""
+    body = build_parser.body
+    starts = [i for i, stmt in enumerate(body) if _defined_steps(stmt)]
+    first = starts[0] if starts else len(body)
+    nested = {stmt.name: stmt for stmt in body[:first] if isinstance(stmt, ast.FunctionDef)}
+    prelude = [stmt for stmt in body[:first] if not isinstance(stmt, ast.FunctionDef)]
+    block: list[ast.stmt] = []
+    for k, i in enumerate(starts):
+        if step in _defined_steps(body[i]):
+            end = starts[k + 1] if k + 1 < len(starts) else len(body)
+            block = [stmt for stmt in body[i:end] if not isinstance(stmt, ast.Return)]
+    used = {"add"} | {name for stmt in block for name in _names(stmt)}
+    helpers = [nested[name] for name in sorted(nested) if name in used]
+    return prelude + helpers + block
+
+
 def command_source(step: str) -> tuple[str, set[str]]:
-    """(source text of ``cmd_<step>`` in medkd.cli, the medkd modules it imports)."""
+    """(the normalised CLI code ``medkd <step>`` runs, the medkd modules that code imports).
+
+    The CLI code: ``cmd_<step>``, ``main``, every module-level definition of :mod:`medkd.cli` they refer to
+    by name (transitively; ``build_parser`` contributes :func:`parser_part` of the step only).
+    """
     cli = module_file(f"{PACKAGE}.cli")
+    tree = _tree(cli)
     func = f"cmd_{step.replace('-', '_')}"
-    for node in _tree(cli).body:
-        if isinstance(node, ast.FunctionDef) and node.name == func:
-            return ast.get_source_segment(cli.read_text(), node), imported_modules(node, f"{PACKAGE}.cli", False)
-    raise KeyError(f"medkd.cli has no {func} (step {step!r})")
+    defs: dict[str, ast.stmt] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defs[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for name in _names(target):
+                    defs[name] = node
+    if func not in defs:
+        raise KeyError(f"medkd.cli has no {func} (step {step!r})")
+    parser = parser_part(defs["build_parser"], step) if "build_parser" in defs else []
+    todo, seen = [func, "main"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        if name == "build_parser":
+            todo += [n for stmt in parser for n in _names(stmt)]
+        else:
+            todo += list(_names(defs[name]))
+    pieces = [normalised(defs[name]) for name in sorted(seen) if name != "build_parser"]
+    pieces += [normalised(stmt) for stmt in parser]
+    modules: set[str] = set()
+    for name in seen - {"build_parser"}:
+        modules |= imported_modules(defs[name], f"{PACKAGE}.cli", False)
+    for stmt in parser:
+        modules |= imported_modules(stmt, f"{PACKAGE}.cli", False)
+    return "\n".join(pieces), modules
 
 
 def step_files(step: str, **names: Iterable[str]) -> list[Path]:
@@ -156,11 +273,12 @@ def _code_hash(step: str, key: tuple) -> str:
     text, _ = command_source(step)
     h.update(text.encode())
     for path in step_files(step, **{kind: values for kind, values in key}):
-        h.update(str(path.relative_to(SRC)).encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(str(path.relative_to(SRC)).encode() + b"\0" + _normalised_file(path).encode() + b"\0")
     return h.hexdigest()[:12]
 
 
 def code_hash(step: str, **names: Iterable[str]) -> str:
-    """12 hex digits of the SHA-256 of ``cmd_<step>``'s text and the contents of :func:`step_files`."""
+    """12 hex digits of the SHA-256 of the step's CLI code and the code of :func:`step_files`, each
+    :func:`normalised` (no docstrings, comments or positions)."""
     key = tuple(sorted((kind, tuple(sorted(set(values)))) for kind, values in names.items()))
     return _code_hash(step, key)

@@ -2,20 +2,29 @@
 
 A local run of the embedded default starts a few hundred short ``medkd <step>`` processes; each used
 to spend 2-5 s importing torch, NumPy, SciPy, pandas before doing a second of work. The server imports
-those third-party libraries once (never medkd itself, so every job runs the code on disk, and never
-touches a GPU or a thread pool, so forking is safe) and forks a fresh process per job.
+those third-party libraries once, fills one pure-Python cache of ``medkd.spec`` (:data:`WARM`), and forks
+a fresh process per job. Each job drops every ``medkd`` module the server imported and imports medkd
+afresh from its own ``PYTHONPATH``, so it runs the code on disk; the server never touches a GPU or starts
+a thread pool, so forking is safe.
 
 Protocol (Unix socket, one connection per job): the client sends its argv, working directory,
-environment and its stdin/stdout/stderr file descriptors (``SCM_RIGHTS``); the server forks a handler
-that forks the job (which adopts those descriptors, directory and environment and runs
-:func:`medkd.cli.main`) and sends back its exit status. If the client goes away (Snakemake cancels or
-kills the job), the handler sees the connection close and kills the job, so nothing runs orphaned.
-The server exits when the process that started it (Snakemake) is gone, or on SIGTERM.
+environment, umask and resource limits, and its stdin/stdout/stderr file descriptors (``SCM_RIGHTS``);
+the server forks a handler that forks the job (which adopts all of these and runs
+:func:`medkd.cli.main`) and sends back its exit status (a job killed by signal n reports 128 + n, as a
+shell does). If the client goes away (Snakemake cancels or kills the job), the handler sees the
+connection close and kills the job, so nothing runs orphaned. The server exits when the process that
+started it (Snakemake) is gone, or on SIGTERM.
 
-Who uses it: the Snakefile starts one server in ``onstart`` for local runs and exports
+Safety: the socket lives in a private directory (``tempfile.mkdtemp``: mode 0700, owned by the user), and
+the server serves only peers of its own uid (``SO_PEERCRED``), since a job runs with the environment
+its client sends. A client that finds no server listening (it was killed, or its socket is stale)
+prints one warning line and runs the step in its own interpreter.
+
+Who uses it: the Snakefile calls :func:`start_for_run` in ``onstart`` for local runs, which exports
 ``MEDKD_FORKSERVER``; ``workflow/scripts/medkd`` connects when the socket exists and the job is neither
-in a conda environment nor inside a SLURM allocation, and runs the step directly otherwise. Results are
-identical either way (a job is the same code with the same arguments); only the start-up cost differs.
+in a Snakemake-made conda environment nor inside a SLURM allocation, and runs the step directly
+otherwise. Results are identical either way (a job is the same code with the same arguments); only the
+start-up cost differs.
 
 Commands: ``python -m medkd.forkserver serve SOCKET`` and ``python -m medkd.forkserver run SOCKET --
 ARGS...`` (the client; standard library only, so it starts in tens of milliseconds).
@@ -48,6 +57,13 @@ of every job that reads a ``--spec``)."""
 _HEADER = struct.Struct("!Q")
 CLIENT_PID_ENV = "MEDKD_CLIENT_PID"
 """Set in a job run by the server: the pid of its client (what Snakemake started)."""
+SOCKET_VARIABLE = "MEDKD_FORKSERVER"
+"""The socket jobs connect to (exported by :func:`start_for_run`); ``off`` in the client's environment
+disables the server."""
+OWNER_VARIABLE = "MEDKD_SNAKEMAKE_PID"
+"""``host:pid`` of the Snakemake client of a local run: its jobs end when it is gone (medkd.cli)."""
+PRELOAD_VARIABLE = "MEDKD_FORKSERVER_PRELOAD"
+"""Comma-separated modules to import instead of :data:`PRELOAD` (the protocol tests start a light server)."""
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -64,11 +80,33 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 # ------------------------------------------------------------------------------------------ client
 
 
-def run_client(path: str, argv: list[str]) -> int:
-    """Run ``medkd argv`` in the server at ``path``; returns the job's exit status."""
-    payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+def _limits() -> dict[str, list[int]]:
+    import resource
+
+    out = {}
+    for name in dir(resource):
+        if name.startswith("RLIMIT_"):
+            try:
+                out[name] = list(resource.getrlimit(getattr(resource, name)))
+            except (ValueError, OSError):
+                pass
+    return out
+
+
+def run_client(path: str, argv: list[str]) -> int | None:
+    """Run ``medkd argv`` in the server at ``path``; returns the job's exit status, or None when no server
+    listens there (the caller then runs the step itself)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
+                          "rlimits": _limits()}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.connect(path)
+        try:
+            conn.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            print(f"medkd: no fork server at {path} ({exc.strerror}); running the step in its own interpreter",
+                  file=sys.stderr, flush=True)
+            return None
         socket.send_fds(conn, [_HEADER.pack(len(payload))], [0, 1, 2])
         conn.sendall(payload)
         reply = b""
@@ -78,6 +116,55 @@ def run_client(path: str, argv: list[str]) -> int:
                 return 1  # the server went away: report failure, Snakemake shows the log
             reply += chunk
     return struct.unpack("!i", reply)[0]
+
+
+def start_for_run(wrapper: str, log_path: str | os.PathLike, snakemake_pid: int | None = None):
+    """Start a server for this Snakemake client (``snakemake_pid``, default: this process) and export, in
+    this process's environment (which jobs inherit), :data:`OWNER_VARIABLE` and :data:`SOCKET_VARIABLE`.
+
+    The socket is ``<private dir>/socket`` in a fresh ``tempfile.mkdtemp`` directory (mode 0700). Nothing
+    is started inside a SLURM allocation or when ``MEDKD_FORKSERVER=off``. ``MEDKD_FORKSERVER_WAIT=<s>``
+    waits up to s seconds until the server listens (the fault gauntlet kills jobs through their client).
+
+    Returns:
+        (process, socket path) of the server, or None when none was started; pass it to :func:`stop`.
+    """
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    pid = snakemake_pid or os.getpid()
+    if os.environ.get("SLURM_JOB_ID"):
+        return None
+    os.environ[OWNER_VARIABLE] = f"{socket.gethostname()}:{pid}"
+    if os.environ.get(SOCKET_VARIABLE) == "off":
+        return None
+    sock = os.path.join(tempfile.mkdtemp(prefix="medkd-forkserver-"), "socket")
+    log = Path(log_path)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([wrapper, "forkserver", sock, str(pid)], stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    os.environ[SOCKET_VARIABLE] = sock
+    deadline = time.monotonic() + float(os.environ.get("MEDKD_FORKSERVER_WAIT", "0") or 0)
+    while time.monotonic() < deadline and not os.path.exists(sock) and proc.poll() is None:
+        time.sleep(0.05)
+    return proc, sock
+
+
+def stop(server) -> None:
+    """Stop a server from :func:`start_for_run` (SIGTERM, then SIGKILL after 10 s) and remove its directory."""
+    import shutil
+
+    if server is None:
+        return
+    proc, sock = server
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except Exception:
+        proc.kill()
+    shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -94,6 +181,9 @@ def _run_job(request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    if "umask" in request:
+        os.umask(int(request["umask"]))
+    _apply_limits(request.get("rlimits", {}))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
@@ -118,9 +208,32 @@ def _run_job(request: dict, fds: list[int]) -> None:
         traceback.print_exc()
         code = 1
     finally:
+        import atexit
+
+        try:  # what the interpreter would run at exit (os._exit skips it); CPython's own hook for it
+            atexit._run_exitfuncs()
+        except Exception:  # noqa: BLE001 - an exit handler's failure must not change the job's status
+            pass
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(int(code))
+
+
+def _apply_limits(limits: dict) -> None:
+    """Give the job the client's resource limits (soft and hard, as far as this process may)."""
+    import resource
+
+    for name, (soft, hard) in limits.items():
+        which = getattr(resource, name, None)
+        if which is None:
+            continue
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (ValueError, OSError):  # a hard limit above ours cannot be raised: keep the soft one at least
+            try:
+                resource.setrlimit(which, (soft, resource.getrlimit(which)[1]))
+            except (ValueError, OSError):
+                pass
 
 
 def _alive(pid: int | None) -> bool:
@@ -171,13 +284,23 @@ def _handle(conn: socket.socket, owner: int | None = None) -> None:
         os._exit(0)
 
 
+def _peer_uid(conn: socket.socket) -> int | None:
+    try:
+        return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+    except (OSError, AttributeError):
+        return None
+
+
 def serve(path: str, parent: int | None = None) -> None:
     """Import :data:`PRELOAD`, listen on ``path`` and fork one handler per connection until the
     ``parent`` process (default: ours) exits or SIGTERM arrives."""
     import importlib
 
     parent = parent or os.getppid()
-    for name in PRELOAD:
+    preload = PRELOAD
+    if os.environ.get(PRELOAD_VARIABLE) is not None:
+        preload = tuple(m for m in os.environ[PRELOAD_VARIABLE].split(",") if m)
+    for name in preload:
         if not _alive(parent):  # Snakemake died while we were importing: nothing to serve
             return
         try:
@@ -216,6 +339,10 @@ def serve(path: str, parent: int | None = None) -> None:
                 conn, _ = server.accept()
             except (socket.timeout, InterruptedError):
                 continue
+            if _peer_uid(conn) != os.getuid():  # a job runs with its client's environment: ours only
+                print(f"medkd forkserver: refused a client of uid {_peer_uid(conn)}", file=sys.stderr, flush=True)
+                conn.close()
+                continue
             pid = os.fork()
             if pid == 0:
                 server.close()
@@ -236,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         serve(argv[1], int(argv[2]) if len(argv) > 2 else None)
         return 0
     if len(argv) >= 3 and argv[0] == "run" and argv[2] == "--":
-        return run_client(argv[1], argv[3:])
+        code = run_client(argv[1], argv[3:])
+        if code is None:  # no server: this interpreter becomes the step
+            os.execv(sys.executable, [sys.executable, "-m", "medkd", *argv[3:]])
+        return code
     print("usage: python -m medkd.forkserver serve SOCKET [PARENT_PID] | run SOCKET -- ARGS...", file=sys.stderr)
     return 2
 

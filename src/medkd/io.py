@@ -219,3 +219,51 @@ def file_digest(path: str | Path, algorithm: str = "md5", chunk: int = 1 << 20) 
 def file_md5(path: str | Path) -> str:
     """MD5 hex digest of a file (the slice stores' data hash)."""
     return file_digest(path, "md5")
+
+
+class FolderBusy(InputError):
+    """Another process holds the folder's lock (:func:`exclusive_folder`)."""
+
+
+LOCK_NAME = ".medkd.lock"
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | Path, what: str = "job") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (``<folder>/.medkd.lock``, ``fcntl.flock``) while writing it.
+
+    A second job writing the same folder (e.g. the orphaned SLURM job of a killed Snakemake and the rerun's
+    job for the same model) fails at once with :class:`FolderBusy`, naming the holder (host, pid, SLURM job
+    and run) and the command that cancels it; nothing of the folder is touched. The lock is the kernel's:
+    it is released when the holder exits, however it ends (a SIGKILLed job leaves no stale lock). On a
+    cluster file system it works across nodes where the file system supports ``flock`` (NFSv4, and Lustre
+    or BeeGFS mounted with ``flock``).
+    """
+    import fcntl
+    import socket
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            try:
+                info = json.loads(holder)
+            except ValueError:
+                info = {}
+            job, run = info.get("slurm_job_id"), info.get("slurm_job_name")
+            cancel = (f"; if it is the orphan of a killed Snakemake, cancel it with `scancel {job}`"
+                      + (f" (or every job of that run: `scancel --name {run}`)" if run else "")) if job else ""
+            raise FolderBusy(f"{folder}: another {what} is writing this folder (host {info.get('host', '?')}, pid "
+                             f"{info.get('pid', '?')}{f', SLURM job {job}' if job else ''}){cancel}; this one "
+                             "stopped without touching it") from None
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                  "slurm_job_name": os.environ.get("SLURM_JOB_NAME")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock

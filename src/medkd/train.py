@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from medkd import datasets
 from medkd.distill.taps import TapRecorder, main_output
-from medkd.io import append_jsonl, atomic_path, read_json, write_json
+from medkd.io import append_jsonl, atomic_path, exclusive_folder, read_json, write_json
 from medkd.models import count_parameters
 from medkd.objective import Objective
 from medkd.optim import build_optimizer, build_scheduler
@@ -542,10 +542,16 @@ def train(spec: ModelSpec, seed: int, inputs: TrainInputs, out_dir: str | Path,
 
     Raises:
         ValueError: inconsistent inputs (missing cache, unknown tap, split without cases).
+        medkd.io.FolderBusy: another job is writing ``out_dir`` (nothing was touched).
     """
-    started_at = time.time()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_folder(out_dir, "training job"):  # never two jobs in one model folder (e.g. an orphan)
+        return _train(spec, seed, inputs, out_dir, settings, progress)
+
+
+def _train(spec: ModelSpec, seed: int, inputs: TrainInputs, out_dir: Path, settings: RunSettings,
+           progress: bool | None) -> dict:
+    started_at = time.time()
     run = build(spec, seed, inputs, settings.apply(), settings)
     state = resume(run, out_dir)
     bar = tqdm(range(state.next_epoch, spec.train.epochs), desc=f"train {spec.model} seed{seed}", unit="epoch",

@@ -358,6 +358,12 @@ def run_trial(trial: Trial, ref: Path, ref_print: dict, durations: dict, root: P
     killed_text = out_path.read_text() + err_path.read_text()
     trial.finished_before = finished_jobs(killed_text)
     first_rc = smk.returncode
+    if any((wd / ".snakemake" / "locks").glob("*")):  # a killed Snakemake leaves its lock: the user unlocks
+        unlock = subprocess.run(command(config) + ["--unlock"], cwd=wd, env=env(), capture_output=True, text=True,
+                                timeout=600, stdin=subprocess.DEVNULL)
+        if unlock.returncode != 0:
+            trial.problems.append(f"snakemake --unlock failed: {unlock.stderr[-500:]}")
+        trial.outcome += "unlocked, "
     remaining = total_jobs(dry_run(wd, config))
     proc = subprocess.run(command(config), cwd=wd, env=env(), capture_output=True, text=True, timeout=1800,
                           stdin=subprocess.DEVNULL)

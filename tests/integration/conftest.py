@@ -8,6 +8,22 @@ from wfhelpers import run_tiny_config, snakemake
 
 
 @pytest.fixture(scope="session", autouse=True)
+def recorded_imports(tmp_path_factory):
+    """Every step of every end-to-end run writes the medkd modules it imported here (MEDKD_RECORD_IMPORTS,
+    medkd.cli.record_imports); test_codehash_closure.py holds them against medkd.codehash's static closure."""
+    import os
+
+    folder = tmp_path_factory.mktemp("imports")
+    saved = os.environ.get("MEDKD_RECORD_IMPORTS")
+    os.environ["MEDKD_RECORD_IMPORTS"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("MEDKD_RECORD_IMPORTS", None)
+    else:
+        os.environ["MEDKD_RECORD_IMPORTS"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
 def active_conda_environment(tmp_path_factory):
     """Every end-to-end run happens with a conda environment active, as on a cluster login node where conda's
     base is on by default: CONDA_PREFIX names a fake environment whose python records that it ran and fails.

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -411,25 +412,32 @@ def test_second_snakemake_is_refused_while_one_runs(wd):
     assert first.returncode == 0, err[-3000:]
 
 
-def test_stale_lock_of_a_killed_snakemake_is_removed(wd):
-    """A lock whose owner is gone (Snakemake was SIGKILLed) does not block the next run; a lock with a live
-    owner does."""
-    locks, owners = wd / ".snakemake/locks", wd / ".snakemake/medkd-owners"
-    locks.mkdir(parents=True, exist_ok=True)
-    owners.mkdir(parents=True, exist_ok=True)
-    (locks / "0.output.lock").write_text("results/tables/all.csv\n")  # what Snakemake writes: relative paths
-    (locks / "0.input.lock").write_text("")
-    with open(f"/proc/{os.getpid()}/stat") as fh:
-        me = f"{os.getpid()}-{fh.read().rsplit(')', 1)[1].split()[19]}"
-    (owners / me).touch()  # a live owner: refused (Snakemake takes the lock only when it has jobs to run)
-    cmd = ["--cores", "1", "results/tables/all.csv", "--configfile", "tiny.yaml", "--forcerun", "collect"]
-    proc = snakemake(cmd, wd)
-    assert proc.returncode != 0 and "cannot be locked" in proc.stdout + proc.stderr
-    (owners / me).unlink()
-    (owners / "999999999-1").touch()  # a dead owner: the stale lock is removed
-    proc = snakemake(cmd, wd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "removed the stale lock" in proc.stderr
+def test_a_killed_snakemakes_lock_is_left_to_snakemake(wd):
+    """medkd never touches Snakemake's locks: the lock of a Snakemake killed with SIGKILL refuses the next run
+    with Snakemake's own message (which names --unlock), also while a job parses the Snakefile; `snakemake
+    --unlock` clears it and the run completes."""
+    env = gauntlet.env()
+    first = subprocess.Popen(gauntlet.command("tiny.yaml") + ["--forcerun", "train"], cwd=wd, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((wd / ".snakemake/locks").glob("*.lock")):
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    gauntlet.wait_quiet(wd, 60)
+    locks = sorted(p.name for p in (wd / ".snakemake/locks").glob("*.lock"))
+    assert locks, "the killed run left no lock"
+    refused = snakemake(["--cores", "1", "results/tables/all.csv", "--configfile", "tiny.yaml", "--forcerun", "collect"], wd)
+    assert refused.returncode != 0 and "cannot be locked" in refused.stdout + refused.stderr
+    assert "--unlock" in refused.stdout + refused.stderr
+    # a parse of the Snakefile (what every cluster job does) leaves the lock alone
+    parse = snakemake(["-n", "results/tables/all.csv", "--configfile", "tiny.yaml"], wd)
+    assert parse.returncode == 0, parse.stderr[-2000:]
+    assert sorted(p.name for p in (wd / ".snakemake/locks").glob("*.lock")) == locks
+    unlock = snakemake(["--unlock", "results/tables/all.csv", "--configfile", "tiny.yaml"], wd)
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+    done = snakemake(["--cores", "2", "results/tables/all.csv", "--configfile", "tiny.yaml"], wd)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_reading_mlflow_while_track_writes_does_not_corrupt(wd):

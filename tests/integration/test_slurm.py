@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -102,12 +103,33 @@ def test_tiny_config_through_slurm(slurm, tmp_path, request):
     tiny_workflow = request.getfixturevalue("tiny_workflow")  # the local run, after the cluster (skip early)
     wd = _copy(tmp_path)
     t0 = time.monotonic()
-    proc = subprocess.run(_command("tiny.yaml"), cwd=wd, env=slurm["env"], capture_output=True, text=True,
-                          timeout=1800, stdin=subprocess.DEVNULL)
+    # The client's lock: its jobs re-parse the Snakefile on the node, and none may touch it. The client runs in
+    # its own PID namespace where unshare(1) allows (as if on a login node: its pid means nothing to the jobs).
+    lock_seen, stop = [], threading.Event()
+
+    def watch_locks():
+        while not stop.is_set():
+            lock_seen.append(sorted(p.name for p in (wd / ".snakemake" / "locks").glob("*.lock")))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_locks, daemon=True)
+    watcher.start()
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"] if shutil.which("unshare") else []
+    if unshare and subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        unshare = []
+    proc = subprocess.run([*unshare, *_command("tiny.yaml")], cwd=wd, env=slurm["env"], capture_output=True,
+                          text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    stop.set()
+    watcher.join(timeout=5)
     seconds = time.monotonic() - t0
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, _failure(out, wd)
-    print(f"tiny config through SLURM: {seconds:.0f} s")
+    print(f"tiny config through SLURM: {seconds:.0f} s (client in its own PID namespace: {bool(unshare)})")
+    held = [i for i, names in enumerate(lock_seen) if names]
+    assert held, "the client never held its lock"
+    # from the first sighting to the last, the lock never vanished and never changed: no job removed it
+    assert all(lock_seen[i] == lock_seen[held[0]] for i in range(held[0], held[-1] + 1)), lock_seen
+    assert "stale lock" not in out
 
     # every cluster job went through sbatch: the plugin's call, the SLURM log, the scheduler's completion record
     calls = _sbatch_calls(out)

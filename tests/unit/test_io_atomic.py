@@ -86,3 +86,35 @@ def test_a_job_whose_client_is_gone_publishes_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDKD_CLIENT_PID")
     write_json(tmp_path / "out2.json", {"a": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out2.json"]
+
+
+def test_one_writer_per_folder_and_no_stale_lock_after_a_kill(tmp_path, monkeypatch):
+    """exclusive_folder: a second writer of the same folder stops at once with a message naming the holder and
+    the scancel command; a SIGKILLed holder leaves no lock behind."""
+    import signal
+    import subprocess
+    import sys
+
+    from medkd.io import FolderBusy, exclusive_folder
+
+    folder = tmp_path / "model"
+    code = ("import os, sys, time; from medkd.io import exclusive_folder\n"
+            f"with exclusive_folder({str(folder)!r}, 'training job'):\n"
+            "    print('held', flush=True); time.sleep(600)\n")
+    env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "run-uuid-1"}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusy) as exc:
+            with exclusive_folder(folder, "training job"):
+                pytest.fail("entered a folder another process holds")
+        message = str(exc.value)
+        assert str(folder) in message and f"pid {holder.pid}" in message and "SLURM job 4242" in message
+        assert "`scancel 4242`" in message and "`scancel --name run-uuid-1`" in message
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    with exclusive_folder(folder) as held:  # the kernel released the killed holder's lock
+        assert held == folder
+    with exclusive_folder(folder):  # and ours on leaving the block
+        pass

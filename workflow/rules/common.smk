@@ -307,95 +307,22 @@ def kspace_spec(dataset, name):
 
 # ------------------------------------------------------------------------------ fork server (local runs)
 _FORKSERVER = {}
-FORKSERVER_VARIABLE = "MEDKD_FORKSERVER"  # the socket jobs connect to (workflow/scripts/medkd); "off" disables it
 
 
 def start_forkserver():
-    """Start medkd's fork server for this run (src/medkd/forkserver.py): jobs fork from a process that
-    imported torch once. Local runs only; MEDKD_FORKSERVER=off disables it. Jobs started before it is
-    ready (it binds its socket after its imports) simply run on their own."""
-    import os
-    import socket
-    import subprocess
-    import tempfile
+    """Start medkd's fork server for this run (medkd.forkserver.start_for_run): jobs fork from a process
+    that imported torch once. Local runs of the client only; MEDKD_FORKSERVER=off disables it."""
+    from medkd import forkserver
 
-    if not workflow.local_exec or workflow.remote_exec or workflow.dryrun or os.environ.get("SLURM_JOB_ID"):
-        return
-    # local jobs end themselves when this Snakemake is gone (killed): medkd.cli.main watches host:pid
-    os.environ["MEDKD_SNAKEMAKE_PID"] = f"{socket.gethostname()}:{os.getpid()}"
-    if os.environ.get("MEDKD_FORKSERVER") == "off":
-        return
-    sock = os.path.join(tempfile.gettempdir(), f"medkd-forkserver-{os.getpid()}.sock")
-    log = Path("results/logs/forkserver.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        _FORKSERVER["proc"] = subprocess.Popen(
-            [str(Path(workflow.basedir) / "workflow/scripts/medkd"), "forkserver", sock, str(os.getpid())],
-            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    os.environ[FORKSERVER_VARIABLE] = sock
-    # MEDKD_FORKSERVER_WAIT=<s>: wait (up to s seconds) until the server listens, so that every job runs in it
-    # (the fault-injection gauntlet uses it to kill jobs through their fork-server client).
-    import time
-
-    deadline = time.monotonic() + float(os.environ.get("MEDKD_FORKSERVER_WAIT", "0") or 0)
-    while time.monotonic() < deadline and not os.path.exists(sock) and _FORKSERVER["proc"].poll() is None:
-        time.sleep(0.05)
+    if workflow.local_exec and workflow.is_main_process and not workflow.dryrun:
+        _FORKSERVER["server"] = forkserver.start_for_run(
+            str(Path(workflow.basedir) / "workflow/scripts/medkd"), Path("results/logs/forkserver.log"))
 
 
 def stop_forkserver():
-    proc = _FORKSERVER.pop("proc", None)
-    if proc is not None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except Exception:
-            proc.kill()
+    from medkd import forkserver
 
-
-# ------------------------------------------------------------------------------ stale locks of killed runs
-# Snakemake locks the working directory while it runs and refuses a second instance (two runs must not
-# write the same results/). A Snakemake killed with SIGKILL cannot remove its lock, and the next run would
-# be refused until `snakemake --unlock`. Every run registers itself (pid and process start time) under
-# .snakemake/medkd-owners/; a lock whose registered owners are all gone is stale and removed, a lock with
-# a live owner is left alone (so a concurrent run is still refused).
-_OWNERS = Path(".snakemake/medkd-owners")
-
-
-def _start_time(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _owner_alive(entry):
-    pid, _, started = entry.name.partition("-")
-    return pid.isdigit() and _start_time(int(pid)) == started
-
-
-def clear_stale_lock():
-    import os
-
-    locks = Path(".snakemake/locks")
-    owners = list(_OWNERS.glob("*-*")) if _OWNERS.is_dir() else []
-    if locks.is_dir() and any(locks.iterdir()) and owners and not any(_owner_alive(o) for o in owners):
-        for f in locks.iterdir():
-            f.unlink()
-        print(f"medkd: removed the stale lock of a killed Snakemake run (owners {[o.name for o in owners]} are gone)",
-              file=sys.stderr)
-    for o in owners:
-        if not _owner_alive(o):
-            o.unlink(missing_ok=True)
-    if not workflow.dryrun and _start_time(os.getpid()):
-        _OWNERS.mkdir(parents=True, exist_ok=True)
-        (_OWNERS / f"{os.getpid()}-{_start_time(os.getpid())}").touch()
-
-
-def release_owner():
-    import os
-
-    (_OWNERS / f"{os.getpid()}-{_start_time(os.getpid())}").unlink(missing_ok=True)
+    forkserver.stop(_FORKSERVER.pop("server", None))
 
 
 def reference_run_inputs():

@@ -36,6 +36,9 @@ rule fetch_source:
     params:
         code=code("fetch"),
         spec=lambda w: canonical_json({"kind": source_kind(w.source), "source": w.source}),
+        # the source's config/datasets.yaml entry, which the job reads: a new URL, checksum or file list
+        # re-fetches (and re-verifies) the source
+        entry=lambda w: canonical_json(source_specs().get(w.source, {})),
         out=lambda w: f"{DATA_ROOT}/{w.source}",
     log:
         "results/logs/fetch_source/{source}.log",
