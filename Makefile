@@ -66,8 +66,11 @@ faults: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
+# Snakemake's own lint (exits 1 on any lint) and snakefmt, the Snakemake catalog's formatter (check only;
+# `.venv/bin/snakefmt Snakefile workflow/rules/` rewrites).
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules/
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n results/tables/all.csv

@@ -20,6 +20,8 @@ include: "workflow/rules/common.smk"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+
+
 wildcard_constraints:
     exp="|".join(EXPERIMENTS) or "none",
     model=r"[A-Za-z0-9_]+",
@@ -66,10 +68,10 @@ onerror:
 
 # The default target: the tables and everything `make report` shows (results/report.html).
 rule all:
+    default_target: True
     input:
         "results/tables/all.csv",
         "results/tables/reproduced.md",
         "results/report/overview.html",
         "results/report/paper_numbers.html",
         expand("results/report/{exp}/paper.html", exp=EXPERIMENTS),
-    default_target: True

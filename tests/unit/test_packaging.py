@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 from importlib.metadata import packages_distributions
 
 import yaml
@@ -97,3 +98,15 @@ def test_each_env_holds_what_its_rules_import():
             for module in imports:
                 dists = {generate.normalise(d) for d in dist_of.get(module, [module])}
                 assert dists & pinned, (group, rule, module)
+
+
+def test_workflow_files_are_snakefmt_clean():
+    """`make lint` checks the Snakefile and rule files with snakefmt (pinned in the dev extra and the lock)."""
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    if not snakefmt.exists():
+        import pytest
+
+        pytest.skip("snakefmt is not installed in this interpreter's environment (make venv installs it)")
+    proc = subprocess.run([str(snakefmt), "--check", "Snakefile", "workflow/rules/"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

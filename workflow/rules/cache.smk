@@ -9,18 +9,18 @@ rule cache:
         split="results/splits/{exp}.json",
     output:
         cache="results/{exp}/cache/{model}/seed{seed}.h5",
+    log:
+        "results/logs/cache/{exp}/{model}/seed{seed}.log",
+    conda:
+        "../../envs/training.yaml"
+    threads: NET_THREADS
+    resources:
+        **job_resources("cache"),
     params:
         run=RUN_FLAGS,
         code=model_code("cache"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         splits=lambda w: ",".join(cache_splits(CFG, w.exp, w.model)),  # only the cases its students read
-    threads: NET_THREADS
-    resources:
-        **job_resources("cache"),
-    log:
-        "results/logs/cache/{exp}/{model}/seed{seed}.log",
-    conda:
-        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd cache --teacher-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --splits {params.splits} --out {output.cache} {params.run} --threads {threads} > {log} 2>&1"

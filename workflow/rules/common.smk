@@ -12,7 +12,12 @@ from functools import lru_cache  # noqa: E402
 from medkd import resources as _resources  # noqa: E402
 from medkd.codehash import code_hash  # noqa: E402
 from medkd.config import (  # noqa: E402
-    ConfigError, cache_splits, canonical_json, config_digest, experiment_seeds, load_config,
+    ConfigError,
+    cache_splits,
+    canonical_json,
+    config_digest,
+    experiment_seeds,
+    load_config,
     model_spec as _model_spec,
 )
 from medkd.spec import spec_hash  # noqa: E402
@@ -29,13 +34,18 @@ snakemake_fixes.apply(workflow.is_main_process)
 
 try:
     CFG = load_config(config)
-except ConfigError as _exc:  # a bad config stops planning with one line naming the key, before any job
+except (
+    ConfigError
+) as _exc:  # a bad config stops planning with one line naming the key, before any job
     print(f"medkd: invalid config: {_exc}", file=sys.stderr)
     sys.exit(1)
 CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
 DATA_ROOT = CFG["data_root"]
 CONFIG_DIGEST = config_digest(CFG)
-CONFIG_DIGEST_VARIABLE = "MEDKD_CONFIG_DIGEST"  # set by the client, read by the jobs it submits
+CONFIG_DIGEST_VARIABLE = (
+    "MEDKD_CONFIG_DIGEST"  # set by the client, read by the jobs it submits
+)
+
 
 class RunFlags:
     """The run-settings flags (medkd.runtime.RunSettings) of the commands of the rules that run a network, as the
@@ -46,10 +56,20 @@ class RunFlags:
 
     def __init__(self, cfg):
         flags = [f"--device {cfg['device']}"]
-        if isinstance(cfg["channels_last"], bool):  # "auto" (the default) passes nothing
-            flags.append("--channels-last" if cfg["channels_last"] else "--no-channels-last")
-        flags += [flag for key, flag in (("cudnn_benchmark", "--cudnn-benchmark"), ("deterministic", "--deterministic"))
-                  if cfg[key]]
+        if isinstance(
+            cfg["channels_last"], bool
+        ):  # "auto" (the default) passes nothing
+            flags.append(
+                "--channels-last" if cfg["channels_last"] else "--no-channels-last"
+            )
+        flags += [
+            flag
+            for key, flag in (
+                ("cudnn_benchmark", "--cudnn-benchmark"),
+                ("deterministic", "--deterministic"),
+            )
+            if cfg[key]
+        ]
         self.text = " ".join(flags)
 
     def __str__(self):
@@ -66,7 +86,8 @@ NET_THREADS = CFG["threads"]
 def _check_job_config():
     """A job Snakemake spawns elsewhere (SLURM) re-reads the config: it must be the client's. The client puts
     its digest in the environment (sbatch --export=ALL carries it into the job); a job that computes another
-    one stops before running anything. Client and jobs log the digest so the two can be compared."""
+    one stops before running anything. Client and jobs log the digest so the two can be compared.
+    """
     import os
 
     from snakemake.exceptions import WorkflowError
@@ -77,11 +98,14 @@ def _check_job_config():
         if expected and expected != CONFIG_DIGEST:
             raise WorkflowError(
                 f"medkd: this job sees config {CONFIG_DIGEST}, the Snakemake client that submitted it used {expected}: "
-                "the job was not given the client's config files (--configfiles)")
+                "the job was not given the client's config files (--configfiles)"
+            )
         logger.info(f"medkd config {CONFIG_DIGEST} (job)")
     else:  # the client (which executor runs the jobs is not known yet while the Snakefile is read)
         os.environ[CONFIG_DIGEST_VARIABLE] = CONFIG_DIGEST
-        logger.info(f"medkd config {CONFIG_DIGEST} (client, {len(CFG['experiments'])} experiments)")
+        logger.info(
+            f"medkd config {CONFIG_DIGEST} (client, {len(CFG['experiments'])} experiments)"
+        )
 
 
 _check_job_config()
@@ -104,7 +128,11 @@ def _require_conda():
     from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
     settings = workflow.deployment_settings
-    if settings is None or DeploymentMethod.CONDA not in settings.deployment_method or shutil.which("conda"):
+    if (
+        settings is None
+        or DeploymentMethod.CONDA not in settings.deployment_method
+        or shutil.which("conda")
+    ):
         return
     raise WorkflowError(NO_CONDA_MESSAGE)
 
@@ -170,7 +198,10 @@ def model_code(step):
         archs = [spec.arch]
         losses = []
         if step == "train":
-            archs += [model_spec(CFG_ID, wildcards.exp, t).arch for t in spec.online_teachers()]
+            archs += [
+                model_spec(CFG_ID, wildcards.exp, t).arch
+                for t in spec.online_teachers()
+            ]
             losses = [t.loss for t in spec.losses]
         return code_hash(step, model=archs, loss=losses)
 
@@ -208,9 +239,17 @@ def train_extra_args(wildcards):
     m = model_cfg(wildcards.exp, wildcards.model)
     spec = model_spec(CFG_ID, wildcards.exp, wildcards.model)
     exp, seed = wildcards.exp, wildcards.seed
-    args = [f"--cache {t}=results/{exp}/cache/{t}/seed{seed}.h5" for t in spec.cached_teachers()]
-    args += [f"--teacher-dir {t}={model_dir(exp, t, seed)}" for t in spec.online_teachers()]
-    args += [f"--teacher-summary {t}={model_dir(exp, t, seed)}/summary.json" for t in m["teachers"]]
+    args = [
+        f"--cache {t}=results/{exp}/cache/{t}/seed{seed}.h5"
+        for t in spec.cached_teachers()
+    ]
+    args += [
+        f"--teacher-dir {t}={model_dir(exp, t, seed)}" for t in spec.online_teachers()
+    ]
+    args += [
+        f"--teacher-summary {t}={model_dir(exp, t, seed)}/summary.json"
+        for t in m["teachers"]
+    ]
     if m.get("init_from"):
         args.append(f"--init-dir {model_dir(exp, m['init_from'], seed)}")
     return " ".join(args)
@@ -230,16 +269,26 @@ def job_resources(rule_name):
         if rule_name == "train":
             return _resources.read_fingerprint(input.fingerprint, input.fingerprint)
         if rule_name in ("cache", "infer", "evaluate", "robustness"):
-            return _resources.read_fingerprint(f"results/slices/{exp_dataset(wildcards.exp)}.json", input.store)
+            return _resources.read_fingerprint(
+                f"results/slices/{exp_dataset(wildcards.exp)}.json", input.store
+            )
         return None
 
     def mem_mb(wildcards, input, attempt):
         exp = wildcards.get("exp")
-        return _resources.mem_mb(CFG, rule_name, exp, wildcards.get("model"), attempt,
-                                 fingerprint(wildcards, input) if exp else None)
+        return _resources.mem_mb(
+            CFG,
+            rule_name,
+            exp,
+            wildcards.get("model"),
+            attempt,
+            fingerprint(wildcards, input) if exp else None,
+        )
 
     def runtime(wildcards, attempt):
-        return _resources.runtime(CFG, rule_name, wildcards.get("exp"), wildcards.get("model"), attempt)
+        return _resources.runtime(
+            CFG, rule_name, wildcards.get("exp"), wildcards.get("model"), attempt
+        )
 
     out = {"mem_mb": mem_mb, "runtime": runtime}
     if rule_name in _resources.NETWORK_RULES:
@@ -253,12 +302,20 @@ def first_seed(exp):
 
 def panel_models(exp):
     """Models drawn in the qualitative panels: teachers and students (baselines are the input column)."""
-    return [m for m, c in exp_cfg(exp)["models"].items() if c["role"] in ("teacher", "student")]
+    return [
+        m
+        for m, c in exp_cfg(exp)["models"].items()
+        if c["role"] in ("teacher", "student")
+    ]
 
 
 def experiment_figures(exp):
     """Figures of an experiment (report, MLflow parent runs): bar chart, curves, panels, robustness."""
-    figs = [f"results/figures/{exp}.png", f"results/figures/{exp}_curves.png", f"results/figures/{exp}_panels.png"]
+    figs = [
+        f"results/figures/{exp}.png",
+        f"results/figures/{exp}_curves.png",
+        f"results/figures/{exp}_panels.png",
+    ]
     if "robustness" in exp_cfg(exp):
         figs.append(f"results/figures/{exp}_robustness.png")
     return figs
@@ -278,30 +335,55 @@ def model_label(exp, model):
 
 def run_summary():
     """What the landing page and the paper-numbers page need of the config (small enough for a param)."""
-    return {"description": CFG.get("description", ""), "seeds": CFG.get("seeds", []), "device": CFG.get("device", ""),
-            "config_hash": spec_hash(CFG),
-            "experiments": {e: {"paper": c.get("paper", ""), "dataset": c["dataset"], "task": c["task"],
-                                "models": list(c["models"]), "setting": c.get("setting", e), "group": c.get("group", "")}
-                            for e, c in CFG["experiments"].items()}}
+    return {
+        "description": CFG.get("description", ""),
+        "seeds": CFG.get("seeds", []),
+        "device": CFG.get("device", ""),
+        "config_hash": spec_hash(CFG),
+        "experiments": {
+            e: {
+                "paper": c.get("paper", ""),
+                "dataset": c["dataset"],
+                "task": c["task"],
+                "models": list(c["models"]),
+                "setting": c.get("setting", e),
+                "group": c.get("group", ""),
+            }
+            for e, c in CFG["experiments"].items()
+        },
+    }
 
 
 def track_experiments():
     """Per experiment: the files the MLflow parent runs carry, and the slice store registered as input."""
     out = {}
     for e, c in CFG["experiments"].items():
-        out[e] = {"files": experiment_figures(e) + [f"results/tables/{e}.md", f"results/tables/{e}.csv",
-                                                    f"results/tables/{e}_verdicts.csv"],
-                  "dataset": c["dataset"], "store": f"results/slices/{c['dataset']}.h5",
-                  "fingerprint": f"results/slices/{c['dataset']}.json", "description": c.get("description", "")}
+        out[e] = {
+            "files": experiment_figures(e)
+            + [
+                f"results/tables/{e}.md",
+                f"results/tables/{e}.csv",
+                f"results/tables/{e}_verdicts.csv",
+            ],
+            "dataset": c["dataset"],
+            "store": f"results/slices/{c['dataset']}.h5",
+            "fingerprint": f"results/slices/{c['dataset']}.json",
+            "description": c.get("description", ""),
+        }
     return out
 
 
 def kspace_spec(dataset, name):
     """The mask spec named ``name`` for ``dataset`` (experiments sharing a name must agree on it)."""
-    specs = {canonical_json(e["kspace"]["spec"]) for e in CFG["experiments"].values()
-             if e["dataset"] == dataset and e.get("kspace", {}).get("name") == name}
+    specs = {
+        canonical_json(e["kspace"]["spec"])
+        for e in CFG["experiments"].values()
+        if e["dataset"] == dataset and e.get("kspace", {}).get("name") == name
+    }
     if len(specs) != 1:
-        raise ValueError(f"k-space {name!r} of dataset {dataset!r}: {len(specs)} different specs in the config")
+        raise ValueError(
+            f"k-space {name!r} of dataset {dataset!r}: {len(specs)} different specs in the config"
+        )
     return {**json.loads(specs.pop()), "name": name}
 
 
@@ -311,12 +393,15 @@ _FORKSERVER = {}
 
 def start_forkserver():
     """Start medkd's fork server for this run (medkd.forkserver.start_for_run): jobs fork from a process
-    that imported torch once. Local runs of the client only; MEDKD_FORKSERVER=off disables it."""
+    that imported torch once. Local runs of the client only; MEDKD_FORKSERVER=off disables it.
+    """
     from medkd import forkserver
 
     if workflow.local_exec and workflow.is_main_process and not workflow.dryrun:
         _FORKSERVER["server"] = forkserver.start_for_run(
-            str(Path(workflow.basedir) / "workflow/scripts/medkd"), Path("results/logs/forkserver.log"))
+            str(Path(workflow.basedir) / "workflow/scripts/medkd"),
+            Path("results/logs/forkserver.log"),
+        )
 
 
 def stop_forkserver():

@@ -11,17 +11,17 @@ include: "sources.smk"
 rule fetch:
     output:
         dataset_json=f"{DATA_ROOT}/{{dataset}}/dataset.json",
-    params:
-        code=code("fetch"),
-        spec=lambda w: canonical_json(CFG["datasets"][w.dataset]),
-        out=lambda w: f"{DATA_ROOT}/{w.dataset}",
-    # the embedded generator makes its cases in this many processes (byte-identical for any number): 2 of
-    # them take the default's 40 cases from 10 to 7 s, while nothing else can run yet
-    threads: 2
     log:
         "results/logs/fetch/{dataset}.log",
     conda:
         "../../envs/training.yaml"
+    # the embedded generator makes its cases in this many processes (byte-identical for any number): 2 of
+    # them take the default's 40 cases from 10 to 7 s, while nothing else can run yet
+    threads: 2
+    params:
+        code=code("fetch"),
+        spec=lambda w: canonical_json(CFG["datasets"][w.dataset]),
+        out=lambda w: f"{DATA_ROOT}/{w.dataset}",
     shell:
         "workflow/scripts/medkd fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
@@ -31,19 +31,21 @@ rule fetch_source:
         manual_files_present,
     output:
         marker=f"{DATA_ROOT}/{{source}}/{_fetch.MARKER_NAME}",
+    log:
+        "results/logs/fetch_source/{source}.log",
     wildcard_constraints:
         source=r"[a-z0-9][a-z0-9_]*",
+    conda:
+        "../../envs/training.yaml"
     params:
         code=code("fetch"),
-        spec=lambda w: canonical_json({"kind": source_kind(w.source), "source": w.source}),
+        spec=lambda w: canonical_json(
+            {"kind": source_kind(w.source), "source": w.source}
+        ),
         # the source's config/datasets.yaml entry, which the job reads: a new URL, checksum or file list
         # re-fetches (and re-verifies) the source
         entry=lambda w: canonical_json(source_specs().get(w.source, {})),
         out=lambda w: f"{DATA_ROOT}/{w.source}",
-    log:
-        "results/logs/fetch_source/{source}.log",
-    conda:
-        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
@@ -58,16 +60,18 @@ rule convert:
     output:
         store="results/slices/{dataset}.h5",
         fingerprint="results/slices/{dataset}.json",
-    params:
-        code=lambda w: code_hash("convert", format=[CFG["datasets"][w.dataset]["convert"]["format"]]),
-        spec=lambda w: canonical_json(CFG["datasets"][w.dataset]["convert"]),
-        src=lambda w: raw_dir(w.dataset),
-    resources:
-        **job_resources("convert"),
     log:
         "results/logs/convert/{dataset}.log",
     conda:
         "../../envs/training.yaml"
+    resources:
+        **job_resources("convert"),
+    params:
+        code=lambda w: code_hash(
+            "convert", format=[CFG["datasets"][w.dataset]["convert"]["format"]]
+        ),
+        spec=lambda w: canonical_json(CFG["datasets"][w.dataset]["convert"]),
+        src=lambda w: raw_dir(w.dataset),
     shell:
         "workflow/scripts/medkd convert --dataset {wildcards.dataset} --convert-spec {params.spec:q} --src {params.src}"
         " --out {output.store} --fingerprint {output.fingerprint} --threads {threads} > {log} 2>&1"
@@ -78,12 +82,12 @@ rule split:
         fingerprint=lambda w: f"results/slices/{exp_dataset(w.exp)}.json",
     output:
         split="results/splits/{exp}.json",
-    params:
-        code=code("split"),
-        spec=lambda w: canonical_json(exp_cfg(w.exp)["split"]),
     log:
         "results/logs/split/{exp}.log",
     conda:
         "../../envs/training.yaml"
+    params:
+        code=code("split"),
+        spec=lambda w: canonical_json(exp_cfg(w.exp)["split"]),
     shell:
         "workflow/scripts/medkd split --split-spec {params.spec:q} --fingerprint {input.fingerprint} --out {output.split} --threads {threads} > {log} 2>&1"

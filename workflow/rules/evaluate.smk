@@ -8,17 +8,17 @@ rule infer:
         split="results/splits/{exp}.json",
     output:
         predictions="results/{exp}/predictions/{model}/seed{seed}.h5",
-    params:
-        run=RUN_FLAGS,
-        code=model_code("infer"),
-        model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
-    threads: NET_THREADS
-    resources:
-        **job_resources("infer"),
     log:
         "results/logs/infer/{exp}/{model}/seed{seed}.log",
     conda:
         "../../envs/training.yaml"
+    threads: NET_THREADS
+    resources:
+        **job_resources("infer"),
+    params:
+        run=RUN_FLAGS,
+        code=model_code("infer"),
+        model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
     shell:
         "workflow/scripts/medkd infer --model-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --out {output.predictions} {params.run} --threads {threads} > {log} 2>&1"
@@ -31,18 +31,18 @@ rule evaluate:
         split="results/splits/{exp}.json",
     output:
         metrics="results/{exp}/metrics/{model}/seed{seed}.csv",
+    log:
+        "results/logs/evaluate/{exp}/{model}/seed{seed}.log",
+    conda:
+        "../../envs/training.yaml"
+    resources:
+        **job_resources("evaluate"),
     params:
         code=code("evaluate"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
         threshold=lambda w: exp_cfg(w.exp)["logit_threshold"],
         regions=lambda w: canonical_json(exp_cfg(w.exp).get("regions", {})),
-    resources:
-        **job_resources("evaluate"),
-    log:
-        "results/logs/evaluate/{exp}/{model}/seed{seed}.log",
-    conda:
-        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
         " --split {input.split} --conventions {params.conventions} --logit-threshold {params.threshold}"
@@ -57,18 +57,18 @@ rule robustness:
         split="results/splits/{exp}.json",
     output:
         scores="results/{exp}/robustness/{model}/seed{seed}.csv",
+    log:
+        "results/logs/robustness/{exp}/{model}/seed{seed}.log",
+    conda:
+        "../../envs/training.yaml"
+    threads: NET_THREADS
+    resources:
+        **job_resources("robustness"),
     params:
         run=RUN_FLAGS,
         code=model_code("robustness"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         spec=lambda w: canonical_json(exp_cfg(w.exp)["robustness"]),
-    threads: NET_THREADS
-    resources:
-        **job_resources("robustness"),
-    log:
-        "results/logs/robustness/{exp}/{model}/seed{seed}.log",
-    conda:
-        "../../envs/training.yaml"
     shell:
         "workflow/scripts/medkd robustness --model-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --robustness-spec {params.spec:q} --out {output.scores} {params.run} --threads {threads}"

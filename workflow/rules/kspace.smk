@@ -6,18 +6,22 @@ rule undersample:
     input:
         store="results/slices/{dataset}.h5",
         # a `kind: file` mask (e.g. KD-MRI's shipped us_masks) is an input: missing, it stops the plan
-        mask=lambda w: [s["path"]] if (s := kspace_spec(w.dataset, w.mask))["kind"] == "file" else [],
+        mask=lambda w: (
+            [s["path"]]
+            if (s := kspace_spec(w.dataset, w.mask))["kind"] == "file"
+            else []
+        ),
     output:
         kspace="results/kspace/{dataset}/{mask}.h5",
-    params:
-        code=code("undersample"),
-        spec=lambda w: canonical_json(kspace_spec(w.dataset, w.mask)),
-    resources:
-        **job_resources("undersample"),
     log:
         "results/logs/undersample/{dataset}/{mask}.log",
     conda:
         "../../envs/training.yaml"
+    resources:
+        **job_resources("undersample"),
+    params:
+        code=code("undersample"),
+        spec=lambda w: canonical_json(kspace_spec(w.dataset, w.mask)),
     shell:
         "workflow/scripts/medkd undersample --mask-spec {params.spec:q} --store {input.store}"
         " --out {output.kspace} --threads {threads} > {log} 2>&1"

@@ -1,7 +1,11 @@
 # Helpers of the data rules (data.smk) for download, manual and local datasets: where their raw files live,
 # the marker (or folder) that proves they are present, and the planning-time check of manual and local
 # datasets, which names every missing dataset of the config at once (medkd.data.sources.local).
-from medkd.data.sources import fetch as _fetch, local as _local, spec as _spec  # noqa: E402
+from medkd.data.sources import (
+    fetch as _fetch,
+    local as _local,
+    spec as _spec,
+)  # noqa: E402
 
 _DATASETS_YAML = Path(workflow.basedir) / "config" / "datasets.yaml"
 _SOURCE_SPECS = {}
@@ -23,7 +27,9 @@ def raw_dir(dataset):
     d = CFG["datasets"][dataset]
     if d["kind"] == "local":
         return str(_local.local_dir(d))
-    return f"{DATA_ROOT}/{dataset if d['kind'] == 'embedded' else dataset_source(dataset)}"
+    return (
+        f"{DATA_ROOT}/{dataset if d['kind'] == 'embedded' else dataset_source(dataset)}"
+    )
 
 
 _INPUT_PROBLEMS = {}
@@ -34,7 +40,9 @@ def input_problems():
     config's experiments use (checked once per planning)."""
     if "all" not in _INPUT_PROBLEMS:
         used = list(dict.fromkeys(e["dataset"] for e in CFG["experiments"].values()))
-        _INPUT_PROBLEMS["all"] = _local.input_problems(CFG["datasets"], used, source_specs, DATA_ROOT)
+        _INPUT_PROBLEMS["all"] = _local.input_problems(
+            CFG["datasets"], used, source_specs, DATA_ROOT
+        )
     return _INPUT_PROBLEMS["all"]
 
 
@@ -53,15 +61,22 @@ def fetched_marker(dataset):
         return f"{DATA_ROOT}/{dataset}/dataset.json"
     if d["kind"] == "local":
         require_input(dataset)
-        return [raw_dir(dataset)] + ([str(_local.local_dir({"path": d["dvc"]}))] if d.get("dvc") else [])
+        return [raw_dir(dataset)] + (
+            [str(_local.local_dir({"path": d["dvc"]}))] if d.get("dvc") else []
+        )
     return f"{raw_dir(dataset)}/{_fetch.MARKER_NAME}"
 
 
 def source_kind(source):
-    kinds = {d["kind"] for name, d in CFG["datasets"].items()
-             if d["kind"] not in ("embedded", "local") and dataset_source(name) == source}
+    kinds = {
+        d["kind"]
+        for name, d in CFG["datasets"].items()
+        if d["kind"] not in ("embedded", "local") and dataset_source(name) == source
+    }
     if len(kinds) != 1:
-        raise ValueError(f"source {source!r}: used by no config dataset, or with different kinds {sorted(kinds)}")
+        raise ValueError(
+            f"source {source!r}: used by no config dataset, or with different kinds {sorted(kinds)}"
+        )
     return kinds.pop()
 
 
@@ -69,7 +84,9 @@ def manual_files_present(wildcards):
     """No input files; for a manual source, raise the missing-files message while the DAG is planned."""
     specs = source_specs()
     if wildcards.source not in specs:
-        raise ValueError(f"dataset source {wildcards.source!r} is not described in {_DATASETS_YAML}")
+        raise ValueError(
+            f"dataset source {wildcards.source!r} is not described in {_DATASETS_YAML}"
+        )
     spec = specs[wildcards.source]
     if spec["kind"] == "manual":
         require_input(wildcards.source)

@@ -9,25 +9,31 @@
 rule track:
     input:
         table="results/tables/{exp}.md",
-        metrics=lambda w: [f"results/{w.exp}/metrics/{m}/seed{s}.csv" for m, s in all_runs(w.exp)],
-        summaries=lambda w: [f"{model_dir(w.exp, m, s)}/summary.json" for m, s in all_runs(w.exp)],
+        metrics=lambda w: [
+            f"results/{w.exp}/metrics/{m}/seed{s}.csv" for m, s in all_runs(w.exp)
+        ],
+        summaries=lambda w: [
+            f"{model_dir(w.exp, m, s)}/summary.json" for m, s in all_runs(w.exp)
+        ],
         figures=lambda w: experiment_figures(w.exp),
         verdicts="results/tables/{exp}_verdicts.csv",
     output:
         runs="results/mlflow/runs/{exp}.json",
+    log:
+        "results/logs/track/{exp}.log",
+    priority: REPORT_PRIORITY
+    conda:
+        "../../envs/tracking.yaml"
+    resources:
+        mlflow_store=1,  # profiles/default allows one at a time, so no core waits on the store's lock
     params:
         code=code("track"),
         uri=CFG["mlflow"]["tracking_uri"],
         prefix=CFG["mlflow"]["experiment_prefix"],
-        model_dirs=lambda w: " ".join(model_dir(w.exp, m, s) for m, s in all_runs(w.exp)),
+        model_dirs=lambda w: " ".join(
+            model_dir(w.exp, m, s) for m, s in all_runs(w.exp)
+        ),
         experiments=lambda w: canonical_json({w.exp: track_experiments()[w.exp]}),
-    resources:
-        mlflow_store=1,  # profiles/default allows one at a time, so no core waits on the store's lock
-    priority: REPORT_PRIORITY
-    log:
-        "results/logs/track/{exp}.log",
-    conda:
-        "../../envs/tracking.yaml"
     shell:
         "workflow/scripts/medkd track --tracking-uri {params.uri} --prefix {params.prefix} --model-dirs {params.model_dirs}"
         " --metrics {input.metrics} --tables-dir results/tables --artifact-root results/mlflow/artifacts"

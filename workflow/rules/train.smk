@@ -8,21 +8,21 @@ rule train:
     output:
         model="results/{exp}/models/{model}/seed{seed}/model.pt",
         summary="results/{exp}/models/{model}/seed{seed}/summary.json",
-    params:
-        run=RUN_FLAGS,
-        code=model_code("train"),
-        spec=spec_json,
-        extra=train_extra_args,
-        out=lambda w: model_dir(w.exp, w.model, w.seed),
-    threads: NET_THREADS
-    resources:
-        **job_resources("train"),
     log:
         "results/logs/train/{exp}/{model}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{exp}/{model}/seed{seed}.tsv"
     conda:
         "../../envs/training.yaml"
+    threads: NET_THREADS
+    resources:
+        **job_resources("train"),
+    params:
+        run=RUN_FLAGS,
+        code=model_code("train"),
+        spec=spec_json,
+        extra=train_extra_args,
+        out=lambda w: model_dir(w.exp, w.model, w.seed),
     shell:
         "workflow/scripts/medkd train --spec {params.spec:q} --seed {wildcards.seed} --store {input.store}"
         " --split {input.split} --fingerprint {input.fingerprint} {params.extra} --out {params.out}"
