@@ -140,3 +140,21 @@ def test_run_settings_rerun_nothing(tiny_workflow):
                       "threads=2", "channels_last=True", "cudnn_benchmark=True"], tiny_workflow, timeout=300)
     assert same.returncode == 0, same.stderr[-3000:]
     assert "Nothing to be done" in same.stdout + same.stderr, same.stdout[-3000:]
+
+
+def test_tiny_config_runs_with_the_snakefile_elsewhere(tmp_path):
+    """A lab keeps results on scratch: `snakemake -s <repo>/Snakefile --directory <scratch>` from a third
+    directory runs the tiny config (the default target: tables and report pages) and writes nothing but
+    <scratch>."""
+    scratch, elsewhere = tmp_path / "scratch" / "run1", tmp_path / "elsewhere"
+    scratch.mkdir(parents=True)
+    elsewhere.mkdir()
+    (scratch / "tiny.yaml").write_text((REPO / "tests" / "integration" / "tiny.yaml").read_text())
+    proc = run([str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(scratch), "--cores",
+                "2", "all", "--configfile", str(scratch / "tiny.yaml")], elsewhere, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for target in ("results/tables/all.csv", "results/tables/reproduced.md", "results/report/overview.html",
+                   "results/report/paper_numbers.html", "results/tiny/models/student_kd/seed0/model.pt",
+                   "data/embedded/dataset.json"):
+        assert (scratch / target).is_file(), target
+    assert not any(elsewhere.iterdir())

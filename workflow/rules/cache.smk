@@ -17,10 +17,11 @@ rule cache:
     resources:
         **job_resources("cache"),
     params:
+        medkd=MEDKD,
         run=RUN_FLAGS,
         code=model_code("cache"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         splits=lambda w: ",".join(cache_splits(CFG, w.exp, w.model)),  # only the cases its students read
     shell:
-        "workflow/scripts/medkd cache --teacher-dir {params.model_dir} --store {input.store} --split {input.split}"
+        "{params.medkd} cache --teacher-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --splits {params.splits} --out {output.cache} {params.run} --threads {threads} > {log} 2>&1"

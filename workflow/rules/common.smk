@@ -83,6 +83,28 @@ RUN_FLAGS = RunFlags(CFG)
 NET_THREADS = CFG["threads"]
 
 
+class Wrapper:
+    """Param `medkd` of every rule: the absolute path of workflow/scripts/medkd, found from the Snakefile
+    (workflow.basedir), so the jobs run with any working directory (`snakemake -s <repo>/Snakefile
+    --directory /scratch/run1`). An object, like RunFlags, so that moving the repository re-runs nothing.
+    """
+
+    def __init__(self, basedir):
+        self.text = shlex.quote(str(Path(basedir) / "workflow" / "scripts" / "medkd"))
+
+    def __str__(self):
+        return self.text
+
+    def __repr__(self):
+        return f"Wrapper({self.text!r})"
+
+
+MEDKD = Wrapper(workflow.basedir)
+REPO_DIR = Path(
+    workflow.basedir
+)  # the repository: config/, docs/ (the working directory may be elsewhere)
+
+
 def _check_job_config():
     """A job Snakemake spawns elsewhere (SLURM) re-reads the config: it must be the client's. The client puts
     its digest in the environment (sbatch --export=ALL carries it into the job); a job that computes another

@@ -19,11 +19,12 @@ rule fetch:
     # them take the default's 40 cases from 10 to 7 s, while nothing else can run yet
     threads: 2
     params:
+        medkd=MEDKD,
         code=code("fetch"),
         spec=lambda w: canonical_json(CFG["datasets"][w.dataset]),
         out=lambda w: f"{DATA_ROOT}/{w.dataset}",
     shell:
-        "workflow/scripts/medkd fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
+        "{params.medkd} fetch --dataset {wildcards.dataset} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 rule fetch_source:
@@ -38,6 +39,7 @@ rule fetch_source:
     conda:
         "../../envs/training.yaml"
     params:
+        medkd=MEDKD,
         code=code("fetch"),
         spec=lambda w: canonical_json(
             {"kind": source_kind(w.source), "source": w.source}
@@ -47,7 +49,7 @@ rule fetch_source:
         entry=lambda w: canonical_json(source_specs().get(w.source, {})),
         out=lambda w: f"{DATA_ROOT}/{w.source}",
     shell:
-        "workflow/scripts/medkd fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
+        "{params.medkd} fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 localrules:
@@ -67,13 +69,14 @@ rule convert:
     resources:
         **job_resources("convert"),
     params:
+        medkd=MEDKD,
         code=lambda w: code_hash(
             "convert", format=[CFG["datasets"][w.dataset]["convert"]["format"]]
         ),
         spec=lambda w: canonical_json(CFG["datasets"][w.dataset]["convert"]),
         src=lambda w: raw_dir(w.dataset),
     shell:
-        "workflow/scripts/medkd convert --dataset {wildcards.dataset} --convert-spec {params.spec:q} --src {params.src}"
+        "{params.medkd} convert --dataset {wildcards.dataset} --convert-spec {params.spec:q} --src {params.src}"
         " --out {output.store} --fingerprint {output.fingerprint} --threads {threads} > {log} 2>&1"
 
 
@@ -87,7 +90,8 @@ rule split:
     conda:
         "../../envs/training.yaml"
     params:
+        medkd=MEDKD,
         code=code("split"),
         spec=lambda w: canonical_json(exp_cfg(w.exp)["split"]),
     shell:
-        "workflow/scripts/medkd split --split-spec {params.spec:q} --fingerprint {input.fingerprint} --out {output.split} --threads {threads} > {log} 2>&1"
+        "{params.medkd} split --split-spec {params.spec:q} --fingerprint {input.fingerprint} --out {output.split} --threads {threads} > {log} 2>&1"

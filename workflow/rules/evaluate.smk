@@ -16,11 +16,12 @@ rule infer:
     resources:
         **job_resources("infer"),
     params:
+        medkd=MEDKD,
         run=RUN_FLAGS,
         code=model_code("infer"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
     shell:
-        "workflow/scripts/medkd infer --model-dir {params.model_dir} --store {input.store} --split {input.split}"
+        "{params.medkd} infer --model-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --out {output.predictions} {params.run} --threads {threads} > {log} 2>&1"
 
 
@@ -38,13 +39,14 @@ rule evaluate:
     resources:
         **job_resources("evaluate"),
     params:
+        medkd=MEDKD,
         code=code("evaluate"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
         threshold=lambda w: exp_cfg(w.exp)["logit_threshold"],
         regions=lambda w: canonical_json(exp_cfg(w.exp).get("regions", {})),
     shell:
-        "workflow/scripts/medkd evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
+        "{params.medkd} evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
         " --split {input.split} --conventions {params.conventions} --logit-threshold {params.threshold}"
         " --regions {params.regions:q}"
         " --out {output.metrics} --threads {threads} > {log} 2>&1"
@@ -65,11 +67,12 @@ rule robustness:
     resources:
         **job_resources("robustness"),
     params:
+        medkd=MEDKD,
         run=RUN_FLAGS,
         code=model_code("robustness"),
         model_dir=lambda w: model_dir(w.exp, w.model, w.seed),
         spec=lambda w: canonical_json(exp_cfg(w.exp)["robustness"]),
     shell:
-        "workflow/scripts/medkd robustness --model-dir {params.model_dir} --store {input.store} --split {input.split}"
+        "{params.medkd} robustness --model-dir {params.model_dir} --store {input.store} --split {input.split}"
         " --robustness-spec {params.spec:q} --out {output.scores} {params.run} --threads {threads}"
         " > {log} 2>&1"

@@ -20,8 +20,9 @@ rule undersample:
     resources:
         **job_resources("undersample"),
     params:
+        medkd=MEDKD,
         code=code("undersample"),
         spec=lambda w: canonical_json(kspace_spec(w.dataset, w.mask)),
     shell:
-        "workflow/scripts/medkd undersample --mask-spec {params.spec:q} --store {input.store}"
+        "{params.medkd} undersample --mask-spec {params.spec:q} --store {input.store}"
         " --out {output.kspace} --threads {threads} > {log} 2>&1"

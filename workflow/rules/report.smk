@@ -39,6 +39,7 @@ rule tables:
     conda:
         "../../envs/tables.yaml"
     params:
+        medkd=MEDKD,
         code=code("tables"),
         spec=lambda w: canonical_json(exp_table_spec(w.exp)),
         health=canonical_json(CFG["health"]),
@@ -48,7 +49,7 @@ rule tables:
             model_dir(w.exp, m, s) for m, s in all_runs(w.exp)
         ),
     shell:
-        "workflow/scripts/medkd tables --experiment {wildcards.exp} --experiment-spec {params.spec:q} --metrics {input.metrics}"
+        "{params.medkd} tables --experiment {wildcards.exp} --experiment-spec {params.spec:q} --metrics {input.metrics}"
         " --model-order {params.order} --model-dirs {params.model_dirs} --csv {output.csv} --md {output.md} --tex {output.tex}"
         " --png {output.png} --curves {output.curves} --stats {output.stats} --health-spec {params.health:q}"
         " --stats-spec {params.stats:q} --verdicts {output.verdicts} --threads {threads} > {log} 2>&1"
@@ -76,6 +77,7 @@ rule panels:
     conda:
         "../../envs/training.yaml"
     params:
+        medkd=MEDKD,
         code=code("panels"),
         spec=lambda w: canonical_json(exp_cfg(w.exp)),
         seed=lambda w: first_seed(w.exp),
@@ -85,7 +87,7 @@ rule panels:
             for m in panel_models(w.exp)
         ),
     shell:
-        "workflow/scripts/medkd panels --experiment {wildcards.exp} --experiment-spec {params.spec:q}"
+        "{params.medkd} panels --experiment {wildcards.exp} --experiment-spec {params.spec:q}"
         " --model-dir {params.model_dir} --store {input.store} --split {input.split} --seed {params.seed}"
         " --predictions {params.pairs} --png {output.png} > {log} 2>&1"
 
@@ -99,17 +101,21 @@ rule paper_table:
         md="results/tables/paper_{group}.md",
     log:
         "results/logs/paper_table/{group}.log",
+    # only the config's groups: results/tables/paper_numbers.csv is another rule's
+    wildcard_constraints:
+        group="|".join(GROUPS) or "none",
     priority: REPORT_PRIORITY
     conda:
         "../../envs/tables.yaml"
     params:
+        medkd=MEDKD,
         code=code("paper-table"),
         spec=lambda w: canonical_json({e: exp_table_spec(e) for e in GROUPS[w.group]}),
         order=lambda w: " ".join(
             f"{e}:{','.join(exp_cfg(e)['models'])}" for e in GROUPS[w.group]
         ),
     shell:
-        "workflow/scripts/medkd paper-table --group {wildcards.group} --experiments-spec {params.spec:q}"
+        "{params.medkd} paper-table --group {wildcards.group} --experiments-spec {params.spec:q}"
         " --order {params.order} --tables {input.tables} --verdicts {input.verdicts} --csv {output.csv} --md {output.md}"
         " --threads {threads} > {log} 2>&1"
 
@@ -137,9 +143,10 @@ rule collect:
     conda:
         "../../envs/tables.yaml"
     params:
+        medkd=MEDKD,
         code=code("collect"),
     shell:
-        "workflow/scripts/medkd collect --tables {input.tables} --robustness {input.robustness} --runs {input.runs}"
+        "{params.medkd} collect --tables {input.tables} --robustness {input.robustness} --runs {input.runs}"
         " --out {output.all} --health-md {output.health} --threads {threads} > {log} 2>&1"
 
 
@@ -165,9 +172,10 @@ rule robustness_table:
     conda:
         "../../envs/training.yaml"
     params:
+        medkd=MEDKD,
         code=code("robustness-table"),
     shell:
-        "workflow/scripts/medkd robustness-table --experiment {wildcards.exp} --inputs {input.scores}"
+        "{params.medkd} robustness-table --experiment {wildcards.exp} --inputs {input.scores}"
         " --csv {output.csv} --md {output.md} --png {output.png} --threads {threads} > {log} 2>&1"
 
 
@@ -218,6 +226,7 @@ rule report_pages:
     conda:
         "../../envs/tables.yaml"
     params:
+        medkd=MEDKD,
         code=code("report-pages"),
         spec=lambda w: canonical_json(exp_cfg(w.exp)),
         order=lambda w: " ".join(exp_cfg(w.exp)["models"]),
@@ -229,7 +238,7 @@ rule report_pages:
             + ([f"--robustness {input.robustness[0]}"] if input.robustness else [])
         ),
     shell:
-        "workflow/scripts/medkd report-pages --experiment {wildcards.exp} --experiment-spec {params.spec:q}"
+        "{params.medkd} report-pages --experiment {wildcards.exp} --experiment-spec {params.spec:q}"
         " --model-order {params.order} --table {input.table} --stats {input.stats} --verdicts {input.verdicts}"
         " --model-dirs {params.model_dirs} --metrics {input.metrics} --runs {input.runs} {params.extra}"
         " --out-dir results/report/{wildcards.exp} > {log} 2>&1"
@@ -238,11 +247,12 @@ rule report_pages:
 rule paper_numbers:
     input:
         verdicts=expand("results/tables/{exp}_verdicts.csv", exp=EXPERIMENTS),
-        paper_config="config/paper.yaml",
+        # repository files, found from the Snakefile (the working directory may be anywhere: --directory)
+        paper_config=str(REPO_DIR / "config/paper.yaml"),
         paper_experiments=sorted(
-            str(p) for p in Path("config/experiments").glob("*.yaml")
+            str(p) for p in (REPO_DIR / "config/experiments").glob("*.yaml")
         ),
-        not_reproduced="docs/not_reproduced.md",
+        not_reproduced=str(REPO_DIR / "docs/not_reproduced.md"),
     output:
         csv="results/tables/paper_numbers.csv",
         html=report(
@@ -256,10 +266,11 @@ rule paper_numbers:
     conda:
         "../../envs/tables.yaml"
     params:
+        medkd=MEDKD,
         code=code("paper-numbers"),
         run=canonical_json(run_summary()),
     shell:
-        "workflow/scripts/medkd paper-numbers --run-summary {params.run:q} --paper-config {input.paper_config}"
+        "{params.medkd} paper-numbers --run-summary {params.run:q} --paper-config {input.paper_config}"
         " --not-reproduced {input.not_reproduced} --verdicts {input.verdicts} --csv {output.csv} --html {output.html}"
         " > {log} 2>&1"
 
@@ -286,6 +297,7 @@ rule overview:
     conda:
         "../../envs/tables.yaml"
     params:
+        medkd=MEDKD,
         code=code("overview"),
         run=canonical_json(run_summary()),
         configfiles=" ".join(
@@ -299,7 +311,7 @@ rule overview:
             model_dir(e, m, s) for e in EXPERIMENTS for m, s in all_runs(e)
         ),
     shell:
-        "workflow/scripts/medkd overview --run-summary {params.run:q} --config-files {params.configfiles}"
+        "{params.medkd} overview --run-summary {params.run:q} --config-files {params.configfiles}"
         " --all {input.all} --paper-numbers {input.paper_numbers} --model-dirs {params.model_dirs}"
         " --fingerprints {input.fingerprints} --reproduced {input.reproduced} --logs-dir results/logs"
         " --out {output.html} > {log} 2>&1"
@@ -322,8 +334,9 @@ rule reproduced:
     conda:
         "../../envs/tables.yaml"
     params:
+        medkd=MEDKD,
         code=code("reproduced"),
         args=reference_run_args(),
     shell:
-        "workflow/scripts/medkd reproduced --table {input.all} {params.args} --csv {output.csv} --md {output.md}"
+        "{params.medkd} reproduced --table {input.all} {params.args} --csv {output.csv} --md {output.md}"
         " > {log} 2>&1"

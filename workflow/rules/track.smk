@@ -27,6 +27,7 @@ rule track:
     resources:
         mlflow_store=1,  # profiles/default allows one at a time, so no core waits on the store's lock
     params:
+        medkd=MEDKD,
         code=code("track"),
         uri=CFG["mlflow"]["tracking_uri"],
         prefix=CFG["mlflow"]["experiment_prefix"],
@@ -35,6 +36,6 @@ rule track:
         ),
         experiments=lambda w: canonical_json({w.exp: track_experiments()[w.exp]}),
     shell:
-        "workflow/scripts/medkd track --tracking-uri {params.uri} --prefix {params.prefix} --model-dirs {params.model_dirs}"
+        "{params.medkd} track --tracking-uri {params.uri} --prefix {params.prefix} --model-dirs {params.model_dirs}"
         " --metrics {input.metrics} --tables-dir results/tables --artifact-root results/mlflow/artifacts"
         " --experiments-json {params.experiments:q} --out {output.runs} --threads {threads} > {log} 2>&1"

@@ -18,12 +18,13 @@ rule train:
     resources:
         **job_resources("train"),
     params:
+        medkd=MEDKD,
         run=RUN_FLAGS,
         code=model_code("train"),
         spec=spec_json,
         extra=train_extra_args,
         out=lambda w: model_dir(w.exp, w.model, w.seed),
     shell:
-        "workflow/scripts/medkd train --spec {params.spec:q} --seed {wildcards.seed} --store {input.store}"
+        "{params.medkd} train --spec {params.spec:q} --seed {wildcards.seed} --store {input.store}"
         " --split {input.split} --fingerprint {input.fingerprint} {params.extra} --out {params.out}"
         " {params.run} --threads {threads} > {log} 2>&1"
