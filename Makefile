@@ -105,13 +105,17 @@ data-add:
 	$(BIN)/dvc add $(DIR)
 	@echo "now: git add $(DIR).dvc $$(dirname $(DIR))/.gitignore && git commit && make data-push"
 
-data-push:
+# data-push and data-status first cache data the workspace holds exactly as the .dvc files record it (the embedded
+# data `make reproduce` generates on a fresh clone, byte-identical on every CPU); a modified output is refused.
+data-push: $(STAMP)
+	scripts/dvc-cache-workspace $(DVC_TARGETS)
 	$(BIN)/dvc push $(DVC_TARGETS)
 
 data-pull:
 	$(BIN)/dvc pull $(DVC_TARGETS)
 
-data-status:
+data-status: $(STAMP)
+	scripts/dvc-cache-workspace $(DVC_TARGETS)
 	$(BIN)/dvc status $(DVC_TARGETS)
 
 clean:

@@ -69,16 +69,23 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame, tolerances: dict[str, 
             table_name: str = "all.csv", reference_name: str = "reference") -> pd.DataFrame:
     """One row per number of either table (columns :data:`COLUMNS`), in the reference's order, then the new
     rows. ``verdict``: ``within``, ``outside``, ``missing`` (in the reference only) or ``new`` (ours only).
-    ``note`` names a fragile-model flag of our row (:data:`FRAGILE_FLAGS`), else is empty."""
+    ``note`` names a fragile-model flag (:data:`FRAGILE_FLAGS`) of the row's model in either run (a seed
+    that collapsed in one run and not in the other moves the mean by more than any kernel difference),
+    else is empty."""
     ours, ref = _keyed(table, table_name), _keyed(reference, reference_name)
-    health = ours["health"].fillna("").astype(str) if "health" in ours.columns else pd.Series("", index=ours.index)
+
+    def flags_of(df: pd.DataFrame, key) -> set[str]:
+        if "health" not in df.columns or key not in df.index or not isinstance(df.loc[key, "health"], str):
+            return set()
+        return set(df.loc[key, "health"].split(";")) & set(FRAGILE_FLAGS)
+
     rows = []
     for key in [*ref.index, *[k for k in ours.index if k not in ref.index]]:
         metric = key[KEYS.index("metric")]
         tol = tolerance_for(metric, tolerances)
         a = float(ours.loc[key, "mean"]) if key in ours.index else math.nan
         b = float(ref.loc[key, "mean"]) if key in ref.index else math.nan
-        flags = [f for f in health.get(key, "").split(";") if f in FRAGILE_FLAGS] if key in ours.index else []
+        flags = sorted(flags_of(ours, key) | flags_of(ref, key))  # fragile in either run
         if key not in ours.index:
             verdict = "missing"
         elif key not in ref.index:

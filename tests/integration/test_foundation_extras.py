@@ -68,11 +68,19 @@ def test_embedded_data_matches_committed_dvc_file(tmp_path):
     status = run([str(VENV_BIN / "dvc"), "status", "data.dvc"], wd)
     assert status.returncode == 0, status.stderr
     assert "modified" not in status.stdout, status.stdout  # only "not in cache" on a fresh clone
+    cached = run(["scripts/dvc-cache-workspace"], wd)  # what make data-status / data-push run first
+    assert cached.returncode == 0 and "data.dvc: cached" in cached.stdout, cached.stdout + cached.stderr
+    status = run([str(VENV_BIN / "dvc"), "status", "data.dvc"], wd)
+    assert "up to date" in status.stdout, status.stdout
     added = run([str(VENV_BIN / "dvc"), "add", "data"], wd)
     assert added.returncode == 0, added.stderr
     assert (wd / "data.dvc").read_text() == committed
     status = run([str(VENV_BIN / "dvc"), "status", "data.dvc"], wd)
     assert "up to date" in status.stdout, status.stdout
+    (wd / "data/embedded/imagesTr/emb_000.nii.gz").write_bytes(b"other data")  # new data is not cached silently
+    refused = run(["scripts/dvc-cache-workspace"], wd)
+    assert refused.returncode != 0 and "differs from what the .dvc files record" in refused.stderr, refused.stderr
+    assert (wd / "data.dvc").read_text() == committed
 
 
 def test_lint_is_clean():

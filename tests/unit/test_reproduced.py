@@ -107,3 +107,11 @@ def test_latency_is_not_compared():
     cost = _table([["seg", "teacher", "-", "latency_ms_per_slice", "cost", 3.4, ""]])
     got = compare(pd.concat([REF, cost]), REF, TOL)
     assert "latency_ms_per_slice" not in set(got["metric"]) and len(got) == len(REF)
+
+
+def test_a_flag_of_the_reference_run_also_marks_the_row_fragile():
+    ours = REF.copy()
+    ours["health"] = ""
+    got = compare(ours, REF, TOL)
+    assert "collapse" in got.loc[1, "note"]  # the reference's student collapsed, ours did not
+    assert got.loc[0, "note"] == ""
