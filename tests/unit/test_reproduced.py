@@ -42,10 +42,10 @@ def test_within_outside_missing_new_and_nan_rules():
     assert got.loc[3, "class"] == ""  # reconstruction rows have no class
 
     lines = summary_lines(got, "ref.csv")
-    assert lines[0] == "seg: NOT reproduced: 2/3 numbers within tolerance of ref.csv"
+    assert lines[0] == "seg: NOT reproduced: 2/3 numbers within tolerance of ref.csv (1 identical)"
     assert lines[1].startswith("    student/wm/dice/engine: ours 0.65, reference 0.7, difference -0.05 (tolerance 0.01)")
     assert "flagged collapse" in lines[1]
-    assert lines[2] == "rec: NOT reproduced: 0/3 numbers within tolerance of ref.csv"
+    assert lines[2] == "rec: NOT reproduced: 0/3 numbers within tolerance of ref.csv (0 identical)"
     assert "teacher/psnr/engine: ours 30.11, reference 30, difference +0.11" in lines[3]
     assert lines[4] == "    old/psnr/engine: not in this run" and lines[5] == "    new/psnr/engine: not in the reference"
 
@@ -54,8 +54,8 @@ def test_an_identical_run_reproduces_everything(tmp_path):
     ref = tmp_path / "ref.csv"
     REF.to_csv(ref, index=False)
     lines = run(ref, ref, TOL, tmp_path / "r.csv", tmp_path / "r.md", about={"cpu": "X"})
-    assert lines == [f"seg: reproduced: 3/3 numbers within tolerance of {ref}",
-                     f"rec: reproduced: 2/2 numbers within tolerance of {ref}"]
+    assert lines == [f"seg: reproduced: 3/3 numbers within tolerance of {ref} (3 identical)",
+                     f"rec: reproduced: 2/2 numbers within tolerance of {ref} (2 identical)"]
     md = (tmp_path / "r.md").read_text()
     assert md.startswith("# Reproduced? 5 of 5 numbers within tolerance") and "cpu X" in md
     assert pd.read_csv(tmp_path / "r.csv")["verdict"].eq("within").all()
