@@ -84,8 +84,8 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db --host 127.0.0.1 --port 5000
 
 # Make a finished run the reference that later runs are compared with (results/tables/reproduced.md): writes
-# REFERENCE (the default's: config/reference/embedded_default.csv) and a JSON of the machine and kernels beside it.
-REFERENCE ?= config/reference/embedded_default.csv
+# REFERENCE (the default's: config/reference_runs/embedded_default.csv) and a JSON of the machine and kernels beside it.
+REFERENCE ?= config/reference_runs/embedded_default.csv
 reference: $(STAMP)
 	workflow/scripts/medkd reference --table results/tables/all.csv --out $(REFERENCE)
 

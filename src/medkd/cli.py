@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("reference", cmd_reference, "a finished run's all.csv -> a reference run (CSV + JSON of its machine)")
     sp.add_argument("--table", required=True, help="results/tables/all.csv of the finished run")
-    sp.add_argument("--out", required=True, help="e.g. config/reference/embedded_default.csv")
+    sp.add_argument("--out", required=True, help="e.g. config/reference_runs/embedded_default.csv")
     return p
 
 
@@ -664,7 +664,7 @@ def resource_use() -> str:
     """CPU seconds and peak resident memory of this process and its waited-for children (``getrusage``;
     Linux counts ``ru_maxrss`` in KiB). A job forked from the fork server counts from its fork: its CPU
     starts at zero, its RSS includes the preloaded libraries it has touched. Snakemake's benchmark files
-    of local runs measure the fork-server client instead (README: Benchmarks), so the log says it."""
+    of local runs measure the fork-server client instead (docs/benchmarks.md), so the log says it."""
     import resource
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
