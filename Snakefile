@@ -2,7 +2,8 @@
 # Thin on purpose: config, validation, rule files, the default target. All logic lives in src/medkd.
 from snakemake.utils import min_version, validate
 
-min_version("9.0")
+# the pinned, tested Snakemake (requirements.lock); medkd.snakemake_fixes patches its scheduler
+min_version("9.27.1")
 
 
 # The embedded default, only when no --configfile is given: a --configfile replaces it instead of being merged

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from medkd.io import atomic_path
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the Snakefile reads DEFAULT_TOLERANCES while planning
+    import pandas as pd
 
 DEFAULT_TOLERANCES: dict[str, float] = {
     "dice": 0.15, "iou": 0.18, "precision": 0.17, "recall": 0.32,  # fractions (0-1)
@@ -82,6 +84,8 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame, tolerances: dict[str, 
     ``note`` names a fragile-model flag (:data:`FRAGILE_FLAGS`) of the row's model in either run (a seed
     that collapsed in one run and not in the other moves the mean by more than any kernel difference),
     else is empty."""
+    import pandas as pd
+
     ours, ref = _keyed(table, table_name), _keyed(reference, reference_name)
 
     def flags_of(df: pd.DataFrame, key) -> set[str]:
@@ -116,6 +120,7 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame, tolerances: dict[str, 
 def identical(result: pd.DataFrame) -> pd.Series:
     """Rows whose two values agree to the reference's 8 significant digits (or are both NaN): what a rerun on
     the same kernels gives (the default is bit-identical there)."""
+
     a, b = result["ours"], result["reference"]
     both_nan = a.isna() & b.isna()
     close = (a - b).abs() <= 1e-7 * b.abs().clip(lower=1e-3)
@@ -166,6 +171,8 @@ def run(table: str | Path, reference: str | Path | None, tolerances: dict[str, f
         out_md: str | Path, about: dict | None = None) -> list[str]:
     """Compare and write ``out_csv`` (:data:`COLUMNS`) and ``out_md``; return the summary lines (what
     ``make reproduce`` prints). Without a reference both files say so and the lines are one sentence."""
+    import pandas as pd
+
     from medkd.integrity import reading
 
     if reference is None:
