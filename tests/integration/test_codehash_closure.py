@@ -18,12 +18,15 @@ def test_every_imported_module_is_in_the_static_closure(tiny_workflow, recorded_
     if not records:
         pytest.skip("no recorded imports (MEDKD_TINY_WORKFLOW reused a finished run)")
     steps = {r["step"] for r in records}
-    assert {"fetch", "convert", "split", "train", "cache", "infer", "evaluate", "tables", "collect", "track",
-            "reproduced", "overview"} <= steps, steps
+    # the steps of the tiny workflow's target (results/tables/all.csv); other runs of the session add theirs
+    assert {"fetch", "convert", "split", "train", "cache", "infer", "evaluate", "tables", "collect",
+            "track"} <= steps, steps
     every = {kind: list(codehash.registered(kind)) for kind in codehash.REGISTRIES}
     for step in sorted(steps):
         files = codehash.step_files(step, **every)
-        static = {codehash._module_name(p) for p in files}
+        # medkd.cli itself is hashed piecewise (codehash.command_source: the step's command, main, the helpers
+        # and argparse block they use), not as a file of the closure
+        static = {codehash._module_name(p) for p in files} | {"medkd.cli"}
         for record in (r for r in records if r["step"] == step):
             outside = set(record["modules"]) - static
             assert not outside, (step, sorted(outside), record["argv"][:4])
