@@ -277,9 +277,14 @@ def train_extra_args(wildcards):
     return " ".join(args)
 
 
-# GPUs of this machine for a local run (none: device auto trains on the CPU and asks for no GPU); None when
-# jobs go to a cluster, whose nodes are not this machine.
-LOCAL_GPUS = _resources.visible_gpus() if workflow.local_exec else None
+# GPUs of this machine for a run of the local executor (none: device auto trains on the CPU and asks for no
+# GPU); None otherwise: jobs that go to a cluster, whose nodes are not this machine, and dry runs, which show
+# what a cluster would be asked for.
+LOCAL_GPUS = (
+    _resources.visible_gpus()
+    if getattr(workflow.executor_plugin, "name", None) == "local"
+    else None
+)
 
 
 def job_resources(rule_name):
