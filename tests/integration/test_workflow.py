@@ -67,17 +67,37 @@ def test_changing_one_student_reruns_only_its_chain(tiny_workflow):
     assert "student_kd" in proc.stdout and "models/teacher/seed0/model.pt" not in proc.stdout.split("Job stats")[0]
 
 
-def _plan_after_editing(wd, rel_path: str) -> dict[str, int]:
-    """Append a comment to a source file of the run's copy, dry-run, restore the file; the planned jobs."""
+CODE_EDIT = b"\n\ndef _edited_by_the_test():\n    return None\n"
+COMMENT_EDIT = b"\n# edited by the test: a comment\n"
+
+
+def _plan_after_editing(wd, rel_path: str, edit: bytes = CODE_EDIT) -> dict[str, int]:
+    """Append code (default: a new function) to a source file of the run's copy, dry-run, restore the file;
+    the planned jobs."""
     path = wd / rel_path
     original = path.read_bytes()
     try:
-        path.write_bytes(original + b"\n# edited by the test\n")
+        path.write_bytes(original + edit)
         proc = snakemake(["-n", "results/tables/all.csv", "--configfile", "tiny.yaml"], wd)
     finally:
         path.write_bytes(original)
     assert proc.returncode == 0, proc.stderr
     return planned_jobs(proc.stdout), proc.stdout
+
+
+def test_comments_and_docstrings_rerun_nothing(tiny_workflow):
+    """Code hashes are of the syntax tree without docstrings (medkd.codehash): a comment in the engine or a new
+    docstring line in a loss plans no job."""
+    jobs, out = _plan_after_editing(tiny_workflow, "src/medkd/train.py", COMMENT_EDIT)
+    assert jobs == {}, jobs
+    path = tiny_workflow / "src/medkd/distill/hinton.py"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace('"""', '"""Edited by the test. ', 1))
+        proc = snakemake(["-n", "results/tables/all.csv", "--configfile", "tiny.yaml"], tiny_workflow)
+    finally:
+        path.write_text(original)
+    assert planned_jobs(proc.stdout) == {}, proc.stdout[-2000:]
 
 
 def test_editing_a_loss_reruns_exactly_the_students_using_it(tiny_workflow):
