@@ -44,9 +44,13 @@ rule fetch_source:
         spec=lambda w: canonical_json(
             {"kind": source_kind(w.source), "source": w.source}
         ),
-        # the source's config/datasets.yaml entry, which the job reads: a new URL, checksum or file list
-        # re-fetches (and re-verifies) the source
-        entry=lambda w: canonical_json(source_specs().get(w.source, {})),
+        # what defines the source's data in config/datasets.yaml (urls, checksums, layout; not its prose),
+        # which the job reads: a new URL, checksum or file list re-fetches (and re-verifies) the source
+        entry=lambda w: canonical_json(
+            _fetch.data_defining(source_specs()[w.source])
+            if w.source in source_specs()
+            else {}
+        ),
         out=lambda w: f"{DATA_ROOT}/{w.source}",
     shell:
         "{params.medkd} fetch --dataset {wildcards.source} --dataset-spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"

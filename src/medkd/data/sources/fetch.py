@@ -136,10 +136,17 @@ def _verify_files(base: Path, expected: list[dict], records: list[dict]) -> None
 # ------------------------------------------------------------------------------------------- fetching
 
 
+def data_defining(spec: Mapping) -> dict:
+    """The part of a ``config/datasets.yaml`` entry that defines the data: kind, archives (urls, checksums,
+    roots) and the expected layout - not its prose (description, licence, citation, instructions). The
+    ``fetch_source`` rule passes it as a param, so a new URL or checksum re-fetches and a reworded
+    description does not."""
+    return {"kind": spec["kind"], "archives": spec.get("archives", []), "expected": spec.get("expected", [])}
+
+
 def _spec_fingerprint(spec: Mapping) -> str:
-    """SHA-256 of the data-defining part of a spec (urls, checksums, layout) - not of its prose."""
-    core = {"kind": spec["kind"], "archives": spec.get("archives", []), "expected": spec.get("expected", [])}
-    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+    """SHA-256 of :func:`data_defining` (urls, checksums, layout) - not of its prose."""
+    return hashlib.sha256(json.dumps(data_defining(spec), sort_keys=True).encode()).hexdigest()
 
 
 def read_marker(dataset_dir: str | Path) -> dict | None:
