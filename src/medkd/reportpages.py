@@ -409,10 +409,14 @@ def _reproduced_section(rep: pd.DataFrame) -> str:
     if not len(rep):
         return ("<p id=\"reproduced\">The config names no reference run (<code>reference_run</code>); "
                 "nothing was compared.</p>")
+    from medkd.reproduced import identical
+
     bad = rep[rep["verdict"] != "within"]
+    same = int(identical(rep.assign(ours=pd.to_numeric(rep["ours"], errors="coerce"),
+                                    reference=pd.to_numeric(rep["reference"], errors="coerce"))).sum())
     text = (f"<p id=\"reproduced\"><b>{len(rep) - len(bad)} of {len(rep)}</b> numbers of all.csv are within "
-            "tolerance of the reference run (the tolerance is how far a number moves between CPUs' instruction "
-            "sets: docs/reproducibility.md; results/tables/reproduced.md).</p>")
+            f"tolerance of the reference run, {same} of them identical (the tolerance is how far a number moves "
+            "between CPUs' instruction sets: docs/reproducibility.md; results/tables/reproduced.md).</p>")
     if not len(bad):
         return text
     cells = ["experiment", "model", "class", "metric", "ours", "reference", "difference", "tolerance", "verdict", "note"]

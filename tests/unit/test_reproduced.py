@@ -96,7 +96,8 @@ def test_landing_page_section_names_each_number_outside_tolerance():
     rep = compare(ours, REF, TOL)
     rep[["class", "note"]] = rep[["class", "note"]].fillna("")
     html = _reproduced_section(rep)
-    assert "<b>4 of 5</b>" in html and html.count("<tr>") == 2  # header + the one number outside
+    assert "<b>4 of 5</b>" in html and "4 of them identical" in html
+    assert html.count("<tr>") == 2  # header + the one number outside
     assert "<td>31</td><td>30</td><td>1</td><td>0.1</td><td>outside</td>" in html
     assert _reproduced_cell(rep, "seg") == "3/3 within tolerance"
     assert _reproduced_cell(rep, "rec") == "1/2 within tolerance"
