@@ -47,7 +47,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 # The end-to-end workflow runs (pytest marker `slow`): the tiny configs through Snakemake, the single-node SLURM
-# cluster, the report and MLflow in Chromium, the fault trials; 21-24 minutes here. CI (.ci/run) runs
+# cluster, the report and MLflow in Chromium, the fault trials; 14 minutes on the last CI host. CI (.ci/run) runs
 # `make test` and then this.
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --durations=15
