@@ -355,6 +355,12 @@ def serve(path: str, parent: int | None = None) -> None:
         server.close()
         if os.path.exists(path):
             os.unlink(path)
+        folder = os.path.dirname(path)
+        if os.path.basename(folder).startswith("medkd-forkserver-"):  # start_for_run's private directory
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,10 @@ def test_default_kernels_write_what_data_dvc_records(reference):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_forced_kernels_write_the_same_bytes(variant, reference, tmp_path):
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"{variant} names x86 kernels; this CPU is {platform.machine()}")
     got = _generate(tmp_path / "embedded", VARIANTS[variant])
     changed = sorted(name for name in reference if got.get(name) != reference[name])
     assert not changed and got.keys() == reference.keys(), (variant, changed)
