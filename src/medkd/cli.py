@@ -128,11 +128,14 @@ def cmd_convert(args) -> None:
     convert_dataset(c["format"], args.src, args.out, c, dataset=args.dataset)
     with SliceStore(args.out) as store:
         n_slices = sum(store.n_slices(cid) for cid in store.case_ids)
-        constant = (store.attrs.get("provenance") or {}).get("constant_images", [])
+        provenance = store.attrs.get("provenance") or {}
+        constant = provenance.get("constant_images", [])
         fingerprint = {"dataset": args.dataset, "md5": file_md5(args.out), "cases": store.case_ids,
                        "n_cases": len(store.case_ids), "n_slices": n_slices, "convert": c,
                        "channel_names": store.attrs.get("channel_names"), "label_names": store.attrs.get("label_names"),
                        "constant_images": constant}
+        if provenance.get("source_warnings"):  # what the source's own metadata contradicts (e.g. numTraining)
+            fingerprint["source_warnings"] = list(provenance["source_warnings"])
     if constant:
         logging.getLogger("medkd").warning(
             "%s: %d case(s) have a constant image channel (normalised to a constant): %s", args.dataset,

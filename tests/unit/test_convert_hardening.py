@@ -110,3 +110,54 @@ def test_fingerprint_json_carries_the_flag(tmp_path):
     main(["convert", "--dataset", "toy", "--convert-spec", json.dumps({"format": "msd", "size": [8, 8]}),
           "--src", str(src2), "--out", str(tmp_path / "out2.h5"), "--fingerprint", str(fp)])
     assert json.loads(fp.read_text())["constant_images"] == []
+
+
+# --- the last bad inputs of the held-out gauntlet: complex images, zero spacing, numTraining --------------------
+
+
+def test_complex_valued_image_is_refused_naming_the_file(tmp_path):
+    src = _write(tmp_path / "ds", {"a": _case()})
+    image = _case()[0].astype(np.complex64) * (1 + 1j)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), src / "imagesTr" / "a.nii.gz")
+    with pytest.raises(ValueError, match=r"a\.nii\.gz: the image is complex-valued \(complex64\); medkd converts real"):
+        convert_msd(src, tmp_path / "out.h5", size=(6, 6))
+    assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("spacing", [0.0, -1.0])
+def test_zero_or_negative_spacing_is_named_as_such(tmp_path, spacing):
+    src = _write(tmp_path / "ds", {"a": _case()})
+    import gzip
+    import struct
+
+    path = src / "imagesTr" / "a.nii.gz"  # nibabel fixes pixdim when it writes: patch the bytes (pixdim[2] at 84)
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    data[84:88] = struct.pack("<f", spacing)
+    path.write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(ValueError, match=r"a\.nii\.gz: voxel spacing \(1\.0, -?[01]\.0, 1\.0\) mm \(header "
+                                         r"pixdim\[1:4\].*\) has a zero, negative or non-finite size") as info:
+        convert_msd(src, tmp_path / "out.h5", size=(6, 6))
+    assert "not on the grid" not in str(info.value)
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_num_training_mismatch_is_warned_and_fingerprinted(tmp_path, capsys):
+    from medkd.cli import main
+
+    src = _write(tmp_path / "ds", {"a": _case(), "b": _case()})
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["numTraining"] = 3
+    (src / "dataset.json").write_text(json.dumps(meta))
+    fp = tmp_path / "fp.json"
+    main(["convert", "--dataset", "toy", "--convert-spec", json.dumps({"format": "msd", "size": [8, 8]}),
+          "--src", str(src), "--out", str(tmp_path / "out.h5"), "--fingerprint", str(fp)])
+    expected = f"{src / 'dataset.json'}: numTraining is 3 but 'training' lists 2 cases; the 2 listed cases were converted"
+    assert f"WARNING medkd.data.formats.msd: {expected}" in capsys.readouterr().err
+    assert json.loads(fp.read_text())["source_warnings"] == [expected]
+    with SliceStore(tmp_path / "out.h5") as store:
+        assert sorted(store.case_ids) == ["a", "b"] and store.attrs["provenance"]["source_warnings"] == [expected]
+    meta["numTraining"] = 2  # agreeing: no warning, no key
+    (src / "dataset.json").write_text(json.dumps(meta))
+    main(["convert", "--dataset", "toy", "--convert-spec", json.dumps({"format": "msd", "size": [8, 8]}),
+          "--src", str(src), "--out", str(tmp_path / "out2.h5"), "--fingerprint", str(fp)])
+    assert "source_warnings" not in json.loads(fp.read_text())

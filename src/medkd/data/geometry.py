@@ -56,13 +56,32 @@ def load_canonical(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         (data as stored in the file, canonical axis order, (X, Y, Z[, C]); canonical affine (4, 4) float64).
 
     Raises:
-        ValueError: unreadable, truncated or corrupt file, or fewer than 3 dimensions (names the file).
+        ValueError: unreadable, truncated or corrupt file, fewer than 3 dimensions, a voxel size (``pixdim``)
+            that is zero, negative or not finite, or complex-valued data (names the file and the problem).
     """
     try:
-        img = nib.as_closest_canonical(nib.load(path))
+        raw = nib.load(path)
+        # nibabel silently replaces a zero pixdim by 1 and a negative one by its absolute value when it
+        # reads the header; read it unchecked to name such a file instead of converting a guess
+        with nib.openers.ImageOpener(path) as fh:
+            stored = type(raw.header).from_fileobj(fh, check=False)
+        zooms = tuple(float(z) for z in stored["pixdim"][1:4])
+        sizes = tuple(float(z) for z in nib.affines.voxel_sizes(raw.affine)[:3])
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, OSError...)
+        raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    if not all(np.isfinite(z) and z > 0 for z in zooms[: min(3, len(raw.shape))]) \
+            or not all(np.isfinite(z) and z > 1e-6 for z in sizes):
+        raise ValueError(f"{path}: voxel spacing {zooms} mm (header pixdim[1:4]; {tuple(round(z, 6) for z in sizes)} "
+                         "mm from the affine) has a zero, negative or non-finite size; every voxel size must be "
+                         "positive: fix the file's header")
+    if np.issubdtype(raw.get_data_dtype(), np.complexfloating):
+        raise ValueError(f"{path}: the image is complex-valued ({raw.get_data_dtype()}); medkd converts real "
+                         "images only: store the magnitude (e.g. numpy.abs) or the real part, as the study intends")
+    try:
+        img = nib.as_closest_canonical(raw)
         data = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
-    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, OSError...)
+    except Exception as exc:
         raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
     if data.ndim < 3:
         raise ValueError(f"{path}: expected a 3-D or 4-D volume, got shape {data.shape}")

@@ -15,6 +15,7 @@ resizing and stored spacing are described there). Channel names come from datase
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -32,6 +33,8 @@ from medkd.data.formats import FORMATS, Format
 from medkd.data.geometry import NIFTI_SUFFIXES, load_canonical
 from medkd.data.store import SliceCase
 from medkd.errors import InputError
+
+log = logging.getLogger(__name__)
 
 LABELS_LISTED_IN = "dataset.json 'labels'"
 
@@ -202,9 +205,24 @@ def convert_msd(src_dir: str | Path, out_path: str | Path, *, channels: Sequence
                "channels": selected, "axis": axis, "min_foreground": float(min_foreground),
                "slice_step": opts.slice_step}
     jobs = [(cid, _loader(cid, image, label, selected, label_names, opts)) for cid, image, label in cases]
+    warnings = _source_warnings(meta, src_dir)
     write_converted(out_path, jobs, converter=convert_msd, src_dir=src_dir, options=options,
                     channel_names=channel_names, label_names=label_names, dataset=dataset,
-                    provenance_extra={"source_name": meta.get("name")})
+                    provenance_extra={"source_name": meta.get("name"), "source_warnings": warnings})
+
+
+def _source_warnings(meta: dict, src_dir: Path) -> list[str]:
+    """What dataset.json says that its files contradict, each logged as a warning: the store is still
+    usable (the ``training`` list is what is converted), so these go into the provenance and the
+    fingerprint JSON (``source_warnings``) instead of stopping the conversion."""
+    out = []
+    declared = meta.get("numTraining")
+    if declared is not None and declared != len(meta["training"]):
+        out.append(f"{src_dir / 'dataset.json'}: numTraining is {declared!r} but 'training' lists "
+                   f"{len(meta['training'])} cases; the {len(meta['training'])} listed cases were converted")
+    for message in out:
+        log.warning("%s", message)
+    return out
 
 
 def _loader(case_id: str, image_path: Path, label_path: Path | None, channels: list[int],
