@@ -34,17 +34,15 @@ snakemake_fixes.apply(workflow.is_main_process)
 
 try:
     CFG = load_config(config)
-except (
-    ConfigError
-) as _exc:  # a bad config stops planning with one line naming the key, before any job
+# a bad config stops planning with one line naming the key, before any job
+except ConfigError as _exc:
     print(f"medkd: invalid config: {_exc}", file=sys.stderr)
     sys.exit(1)
 CFG_ID = id(CFG)  # model_spec's cache key: one validated config per Snakemake run
 DATA_ROOT = CFG["data_root"]
 CONFIG_DIGEST = config_digest(CFG)
-CONFIG_DIGEST_VARIABLE = (
-    "MEDKD_CONFIG_DIGEST"  # set by the client, read by the jobs it submits
-)
+# set by the client, read by the jobs it submits
+CONFIG_DIGEST_VARIABLE = "MEDKD_CONFIG_DIGEST"
 
 
 class RunFlags:
@@ -56,9 +54,8 @@ class RunFlags:
 
     def __init__(self, cfg):
         flags = [f"--device {cfg['device']}"]
-        if isinstance(
-            cfg["channels_last"], bool
-        ):  # "auto" (the default) passes nothing
+        # "auto" (the default) passes nothing
+        if isinstance(cfg["channels_last"], bool):
             flags.append(
                 "--channels-last" if cfg["channels_last"] else "--no-channels-last"
             )
@@ -100,9 +97,8 @@ class Wrapper:
 
 
 MEDKD = Wrapper(workflow.basedir)
-REPO_DIR = Path(
-    workflow.basedir
-)  # the repository: config/, docs/ (the working directory may be elsewhere)
+# the repository: config/, docs/ (the working directory may be elsewhere)
+REPO_DIR = Path(workflow.basedir)
 
 
 def _check_job_config():
