@@ -353,30 +353,38 @@ def cmd_reproduced(args) -> None:
 
 def cmd_reference(args) -> None:
     """Write a reference run (the comparison's ``reference_run``) from a finished run's all.csv: the matched
-    columns only (no latency), and beside it a JSON of where and with which kernels it was made (this
-    process's kernels: run it on the machine and with the environment of the run)."""
+    columns only (no latency), and beside it a JSON of where and with which kernels it was made, read from
+    the ``env.json`` of the run's models (``results/<exp>/models/<model>/seed<k>/``, beside ``results/tables``)."""
     import datetime
-    import platform
 
     import pandas as pd
-    import torch
 
-    from medkd.io import atomic_path
-    from medkd.provenance import kernel_record
+    from medkd.io import atomic_path, read_json
     from medkd.reproduced import KEYS, NOT_COMPARED
 
     table = pd.read_csv(args.table)
+    results = Path(args.table).resolve().parents[1]
+    envs = [read_json(p) for p in sorted({results / e / "models" / m / f"seed{k}" / "env.json"
+                                           for e, m, seeds in zip(table["experiment"], table["model"], table["seeds"])
+                                           for k in str(seeds).split(";")}) if p.is_file()]
+    if not envs:
+        raise FileNotFoundError(f"{results}: no env.json of the run's models; the reference needs a finished run")
     table = table[~table["convention"].isin(NOT_COMPARED)]
     keep = [*KEYS, "mean", "sd", "n_seeds", "n_cases", "health"]
     with atomic_path(args.out) as tmp:
         table[[c for c in keep if c in table.columns]].to_csv(tmp, index=False, float_format="%.8g")
-    commits = sorted(set(table["git_commit"].dropna().astype(str))) if "git_commit" in table.columns else []
-    about = {"made": datetime.date.today().isoformat(), "git_commit_of_the_jobs": commits,
-             "platform": platform.platform(), "torch": torch.__version__,
-             "torch_threads": args.threads, **kernel_record(torch)}
+
+    def distinct(values):
+        return [json.loads(v) for v in sorted({json.dumps(x, sort_keys=True) for x in values})]
+
+    about = {"made": datetime.date.today().isoformat(),
+             "git_commit_of_the_jobs": sorted(set(table["git_commit"].dropna().astype(str))),
+             "models": len(envs), "platform": distinct(e.get("platform") for e in envs),
+             "torch": distinct(e.get("torch") for e in envs), "kernels": distinct(e.get("kernels") for e in envs)}
     with atomic_path(Path(args.out).with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(about, indent=2, sort_keys=True) + "\n")
-    print(f"{len(table)} rows -> {args.out} (+ {Path(args.out).with_suffix('.json').name})")
+    print(f"{len(table)} rows -> {args.out} (+ {Path(args.out).with_suffix('.json').name}, kernels of "
+          f"{len(envs)} models)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,8 +60,13 @@ def _module_name(path: Path) -> str:
 def _tree(path: Path) -> ast.Module:
     """The file's syntax tree without docstrings (nothing here reads them; :func:`normalised` hashes this),
     parsed once per version of the file (cached on its modification time and size)."""
+    return _parsed(*_version(path))
+
+
+def _version(path: Path) -> tuple[Path, int, int]:
+    """``(path, modification time in ns, size)``: the cache key of one version of a file."""
     stat = path.stat()
-    return _parsed(path, stat.st_mtime_ns, stat.st_size)
+    return path, stat.st_mtime_ns, stat.st_size
 
 
 @lru_cache(maxsize=None)
@@ -94,7 +99,7 @@ def imported_modules(node: ast.AST, current: str, is_package: bool) -> set[str]:
 
 
 @lru_cache(maxsize=None)
-def _file_imports(path: Path, name: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+def _file_imports(path: Path, mtime_ns: int, size: int, name: str) -> tuple[str, ...]:
     """:func:`imported_modules` of a whole file, once per version of it."""
     return tuple(sorted(imported_modules(_parsed(path, mtime_ns, size), name, path.name == "__init__.py")))
 
@@ -117,8 +122,7 @@ def closure(modules: Iterable[str]) -> set[Path]:
         path = module_file(name)
         if path is None:
             continue
-        stat = path.stat()
-        todo += _file_imports(path, name, stat.st_mtime_ns, stat.st_size)
+        todo += _file_imports(*_version(path), name)
     return {p for p in (module_file(m) for m in seen) if p is not None}
 
 
@@ -160,13 +164,9 @@ def normalised(node: ast.AST) -> str:
     return ast.dump(_strip_docstrings(node), include_attributes=False)
 
 
-def _normalised_file(path: Path) -> str:
-    stat = path.stat()
-    return _normalised_version(path, stat.st_mtime_ns, stat.st_size)
-
-
 @lru_cache(maxsize=None)
 def _normalised_version(path: Path, mtime_ns: int, size: int) -> str:
+    """:func:`normalised` of one version of a file (its tree is already without docstrings)."""
     return ast.dump(_parsed(path, mtime_ns, size), include_attributes=False)
 
 
@@ -273,7 +273,7 @@ def _code_hash(step: str, key: tuple) -> str:
     text, _ = command_source(step)
     h.update(text.encode())
     for path in step_files(step, **{kind: values for kind, values in key}):
-        h.update(str(path.relative_to(SRC)).encode() + b"\0" + _normalised_file(path).encode() + b"\0")
+        h.update(str(path.relative_to(SRC)).encode() + b"\0" + _normalised_version(*_version(path)).encode() + b"\0")
     return h.hexdigest()[:12]
 
 

@@ -412,8 +412,7 @@ def _reproduced_section(rep: pd.DataFrame) -> str:
     from medkd.reproduced import identical
 
     bad = rep[rep["verdict"] != "within"]
-    same = int(identical(rep.assign(ours=pd.to_numeric(rep["ours"], errors="coerce"),
-                                    reference=pd.to_numeric(rep["reference"], errors="coerce"))).sum())
+    same = int(identical(rep).sum())
     text = (f"<p id=\"reproduced\"><b>{len(rep) - len(bad)} of {len(rep)}</b> numbers of all.csv are within "
             f"tolerance of the reference run, {same} of them identical (the tolerance is how far a number moves "
             "between CPUs' instruction sets: docs/reproducibility.md; results/tables/reproduced.md).</p>")
@@ -427,7 +426,10 @@ def _reproduced_section(rep: pd.DataFrame) -> str:
 
 
 def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A cell: floats to 4 significant digits, NaN (a number one run lacks) empty."""
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.4g}"
+    return str(value)
 
 
 def write_overview(cfg: dict, config_files: list[str], all_csv, model_dirs: list, fingerprints: dict,
@@ -448,7 +450,7 @@ def write_overview(cfg: dict, config_files: list[str], all_csv, model_dirs: list
     train_sum = sum(float(s.get("train_seconds", 0.0)) for s in summaries)
     first, last, n_logs = log_span(logs_dir)
     pn = pd.read_csv(paper_numbers_csv) if paper_numbers_csv and Path(paper_numbers_csv).exists() else None
-    rep = pd.read_csv(reproduced_csv, keep_default_na=False) if reproduced_csv else None
+    rep = pd.read_csv(reproduced_csv).fillna({"class": "", "note": ""}) if reproduced_csv else None
 
     what = [("config", ", ".join(config_files) + (f" ({cfg.get('description')})" if cfg.get("description") else "")),
             ("config hash", cfg.get("config_hash", "")),

@@ -14,8 +14,8 @@ Inputs:
     only ``experiment, model, class, metric, convention, mean`` are read). ``tolerances``: {metric:
     absolute tolerance} plus ``default`` for metrics not listed (a metric missing from both is an error).
 
-Rows of the conventions in :data:`NOT_COMPARED` (latency) are left out. Rows are matched on ``(experiment, model, class, metric, convention)``; ``class`` is empty for
-reconstruction metrics. A row present on one side only is reported (``missing`` / ``new``) and counts as
+Rows of the conventions in :data:`NOT_COMPARED` (latency) are left out. Rows are matched on
+``(experiment, model, class, metric, convention)``; ``class`` is empty for reconstruction metrics. A row present on one side only is reported (``missing`` / ``new``) and counts as
 not reproduced, as does a NaN on one side only (NaN on both sides is equal: e.g. an HD95 of an empty mask).
 """
 
@@ -120,7 +120,6 @@ def compare(table: pd.DataFrame, reference: pd.DataFrame, tolerances: dict[str, 
 def identical(result: pd.DataFrame) -> pd.Series:
     """Rows whose two values agree to the reference's 8 significant digits (or are both NaN): what a rerun on
     the same kernels gives (the default is bit-identical there)."""
-
     a, b = result["ours"], result["reference"]
     both_nan = a.isna() & b.isna()
     close = (a - b).abs() <= 1e-7 * b.abs().clip(lower=1e-3)

@@ -166,21 +166,18 @@ def test_gamma_curve_matches_x_to_the_gamma_at_zero_half_and_one(gamma):
 
 
 def test_lesion_edge_rises_from_10_to_90_percent_over_the_stated_width():
-    from medkd.data.embedded import LESION_EDGE_MM, _lesion_membership
+    from medkd.data.embedded import _lesion_membership, smooth_edge
 
-    # a sphere (radii forced equal by a generator whose uniform draws are all the same) is not available, so
-    # measure along the profile of the membership: values at 0.1 and 0.9 are LESION_EDGE_MM apart in mm
-    # along the normalised radius, i.e. edge / mean radius in rho units.
-    shape, res = (64, 64, 64), 1.0
-    member = _lesion_membership(shape, res, np.array([32.0, 32.0, 32.0]), np.random.default_rng(5))
+    rho = np.linspace(0.5, 1.5, 200001)
+    for edge in (0.05, 0.2):
+        member = smooth_edge(rho, edge)
+        assert member[0] == 1.0 and member[-1] == 0.0 and np.all(np.diff(member) <= 0)
+        assert smooth_edge(np.array([1.0]), edge)[0] == 0.5
+        at_90, at_10 = rho[np.argmin(np.abs(member - 0.9))], rho[np.argmin(np.abs(member - 0.1))]
+        assert abs((at_10 - at_90) - edge) < 1e-4  # the stated 10-90 % width
+    member = _lesion_membership((64, 64, 64), 1.0, np.array([32.0, 32.0, 32.0]), np.random.default_rng(5))
     assert member.dtype == np.float32 and member.min() == 0.0 and member.max() == 1.0
     assert 0.0 < float(np.mean((member > 0.0) & (member < 1.0))) < 0.1  # a thin shell of partial membership
-    # smoothstep: the 10 % and 90 % points of 3t^2 - 2t^3 are 1 - 2 * 0.1958 of the ramp apart
-    from medkd.data.embedded import SMOOTHSTEP_10_90
-
-    t = 0.5 - 0.5 * SMOOTHSTEP_10_90
-    assert abs(3 * t * t - 2 * t**3 - 0.1) < 1e-4
-    assert LESION_EDGE_MM == 1.0
 
 
 def test_images_are_stored_on_the_2_to_the_minus_12_grid(two_runs):

@@ -116,3 +116,30 @@ def test_a_flag_of_the_reference_run_also_marks_the_row_fragile():
     got = compare(ours, REF, TOL)
     assert "collapse" in got.loc[1, "note"]  # the reference's student collapsed, ours did not
     assert got.loc[0, "note"] == ""
+
+
+def test_reference_takes_the_kernels_from_the_runs_env_json(tmp_path):
+    import json
+
+    from medkd.cli import main
+
+    results = tmp_path / "results"
+    (results / "tables").mkdir(parents=True)
+    table = REF.assign(seeds="0;1", git_commit="abc", sd=0.0, n_seeds=2, n_cases=3)
+    table = pd.concat([table, _table([["seg", "teacher", "-", "latency_ms_per_slice", "cost", 3.4, ""]])
+                      .assign(seeds="0;1", git_commit="abc")])
+    table.to_csv(results / "tables" / "all.csv", index=False)
+    kernels = {"cpu": "Test CPU", "torch_cpu_capability": "AVX2"}
+    for exp, model in {("seg", "teacher"), ("seg", "student"), ("rec", "teacher"), ("rec", "old")}:
+        for seed in (0, 1):
+            folder = results / exp / "models" / model / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "env.json").write_text(json.dumps({"platform": "P", "torch": "T", "kernels": kernels}))
+    out = tmp_path / "ref" / "run.csv"
+    out.parent.mkdir()
+    assert main(["reference", "--table", str(results / "tables" / "all.csv"), "--out", str(out)]) == 0
+    written = pd.read_csv(out)
+    assert len(written) == len(REF) and "latency_ms_per_slice" not in set(written["metric"])
+    about = json.loads(out.with_suffix(".json").read_text())
+    assert about["models"] == 8 and about["kernels"] == [kernels] and about["git_commit_of_the_jobs"] == ["abc"]
+    assert run(results / "tables" / "all.csv", out, TOL, tmp_path / "r.csv", tmp_path / "r.md")[0].endswith("(3 identical)")

@@ -247,8 +247,14 @@ def _lesion_membership(shape: tuple[int, int, int], res: float, centre: np.ndarr
     scaled = local / radii_vox[:, None]
     rho = np.sqrt((scaled[0] * scaled[0] + scaled[1] * scaled[1]) + scaled[2] * scaled[2]).reshape(shape)
     edge = LESION_EDGE_MM / res / float(radii_vox.mean())  # edge width in units of the normalised radius
+    return smooth_edge(rho, edge).astype(np.float32)
+
+
+def smooth_edge(rho: np.ndarray, edge: float) -> np.ndarray:
+    """Membership of normalised radius ``rho``: 1 inside, 0 outside, 0.5 at ``rho = 1``, a cubic smoothstep
+    ``3t^2 - 2t^3`` between that rises from 10 % to 90 % over ``edge`` (in units of ``rho``)."""
     ramp = np.clip(0.5 - (rho - 1.0) * (SMOOTHSTEP_10_90 / edge), 0.0, 1.0)
-    return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)
+    return ramp * ramp * (3.0 - 2.0 * ramp)
 
 
 def _gamma_curve(x: np.ndarray, gamma: float) -> np.ndarray:
