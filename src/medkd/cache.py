@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from medkd import uncertainty
 from medkd.config import CACHED_SPLITS
-from medkd.io import atomic_path, h5_dataset
-from medkd.datasets import load_split
+from medkd.io import atomic_path, h5_empty
+from medkd.datasets import DataBudget, load_split
 from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
 
@@ -70,35 +70,39 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         cases_done = []
         for split_name in splits:
-            data = load_split(spec, store, split_path, split_name)
+            data = load_split(spec, store, split_path, split_name, budget=DataBudget(settings.data_memory_mb))
             runs = data.case_slices()
             todo = sorted(set(runs) - set(cases_done))
             for cid in tqdm(todo, desc=f"cache {spec.model} {split_name}", unit="case", disable=None):
                 idx = torch.as_tensor(runs[cid])
-                outs, mc = [], []
+                grp = fh.create_group(f"cases/{cid}")
+                out_sets: dict[str, h5py.Dataset] = {}
                 for start in range(0, len(idx), batch_size):
+                    # written batch by batch: a job holds one batch of outputs, never a whole case
                     batch = to_device(data.batch(idx[start : start + batch_size]), dev, nhwc)
                     with autocast(dev, spec.train.precision):
                         out = forward_model(model, batch)
-                    outs.append((out["out"] if isinstance(out, dict) else out).float().cpu())
-                    if seg and "mc_dropout" in keys_unc:
-                        seed = zlib.crc32(f"{cid}:{start}".encode())
-                        mc.append(uncertainty.mc_dropout_variance(model, batch["image"], passes, seed=seed).cpu())
-                logits = torch.cat(outs)
-                grp = fh.create_group(f"cases/{cid}")
-                h5_dataset(grp, main_key, logits.numpy(), compression="gzip", compression_opts=1)
-                if seg:
-                    if "entropy" in keys_unc:
-                        h5_dataset(grp, "entropy", uncertainty.predictive_entropy(logits).numpy())
-                    if "confidence" in keys_unc:
-                        h5_dataset(grp, "confidence", uncertainty.temperature_confidence(logits, temp).numpy())
-                    if "mc_dropout" in keys_unc:
-                        h5_dataset(grp, "mc_dropout", torch.cat(mc).numpy())
-                    if "label" in keys_unc:
-                        target = data.tensors["target"][idx]
-                        n_classes = max(2, logits.shape[1])
-                        h5_dataset(grp, "label", uncertainty.label_uncertainty(target, n_classes).numpy())
-                n_slices += logits.shape[0]
+                    logits = (out["out"] if isinstance(out, dict) else out).float().cpu()
+                    maps = {main_key: logits}
+                    if seg:
+                        if "entropy" in keys_unc:
+                            maps["entropy"] = uncertainty.predictive_entropy(logits)
+                        if "confidence" in keys_unc:
+                            maps["confidence"] = uncertainty.temperature_confidence(logits, temp)
+                        if "mc_dropout" in keys_unc:
+                            seed = zlib.crc32(f"{cid}:{start}".encode())
+                            maps["mc_dropout"] = uncertainty.mc_dropout_variance(model, batch["image"], passes,
+                                                                                 seed=seed).cpu()
+                        if "label" in keys_unc:
+                            target = data.take("target", idx[start : start + batch_size])
+                            maps["label"] = uncertainty.label_uncertainty(target, max(2, logits.shape[1]))
+                    for key, value in maps.items():
+                        arr = value.numpy()
+                        if key not in out_sets:
+                            out_sets[key] = h5_empty(grp, key, (len(idx),) + arr.shape[1:], arr.dtype,
+                                                     compress=key == main_key)
+                        out_sets[key][start : start + arr.shape[0]] = arr
+                n_slices += len(idx)
                 cases_done.append(cid)
         keys = [main_key] + (keys_unc if seg else [])
         fh.attrs.update({

@@ -33,7 +33,15 @@ def _run_settings(args):
     from medkd.runtime import RunSettings
 
     return RunSettings(device=args.device, threads=args.threads, channels_last=args.channels_last,
-                       cudnn_benchmark=args.cudnn_benchmark, deterministic=args.deterministic)
+                       cudnn_benchmark=args.cudnn_benchmark, deterministic=args.deterministic,
+                       data_memory_mb=_data_memory_mb(args))
+
+
+def _data_memory_mb(args) -> float:
+    """``--data-memory-mb``, or the default of medkd.datasets (imported only by the steps that load data)."""
+    from medkd.datasets import DEFAULT_DATA_MEMORY_MB
+
+    return DEFAULT_DATA_MEMORY_MB if args.data_memory_mb is None else args.data_memory_mb
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -84,7 +92,9 @@ def cmd_fetch(args) -> None:
     Download and manual datasets are looked up in ``--datasets-yaml`` under ``source`` (default: the
     dataset's name) and land in ``<parent of --out>/<source>``, which must be ``--out`` itself. A manual
     dataset with missing files raises :class:`medkd.data.sources.fetch.ManualDatasetMissing`, whose message lists
-    one missing path per line and where to request the data (``main`` turns it into exit code 2).
+    one missing path per line and where to request the data (``main`` turns it into exit code 2). A spec with
+    ``"standin": {generator, seed, version}`` (config ``standin_data: true``) writes the source's generated
+    stand-in (:mod:`medkd.data.standins`) instead.
     """
     ds = json.loads(args.dataset_spec)
     log = logging.getLogger("medkd")
@@ -110,7 +120,8 @@ def cmd_fetch(args) -> None:
     out = Path(args.out)
     if out.name != source:
         raise ValueError(f"--out {out} must be <data_root>/{source} (the source's folder)")
-    target = fetch_dataset(source, specs[source], out.parent, progress=sys.stderr.isatty())
+    target = fetch_dataset(source, specs[source], out.parent, progress=sys.stderr.isatty(),
+                           standin=ds.get("standin"))
     log.info("%s ready in %s; record the raw data with `dvc add %s` (see docs/datasets.md)", source, target,
              out.parent)
 
@@ -136,6 +147,9 @@ def cmd_convert(args) -> None:
                        "constant_images": constant}
         if provenance.get("source_warnings"):  # what the source's own metadata contradicts (e.g. numTraining)
             fingerprint["source_warnings"] = list(provenance["source_warnings"])
+        if provenance.get("standin"):  # generated rehearsal data (config standin_data), never the real dataset
+            fingerprint["standin"] = True
+            fingerprint["standin_source"] = provenance.get("standin_source")
     if constant:
         logging.getLogger("medkd").warning(
             "%s: %d case(s) have a constant image channel (normalised to a constant): %s", args.dataset,
@@ -155,7 +169,16 @@ def cmd_split(args) -> None:
         cases = list(fingerprint["cases"])
         if not cases or not all(isinstance(c, str) for c in cases):
             raise ValueError("'cases' is not a non-empty list of case ids")
-    split = make_split(cases, s["seed"], fractions=s["fractions"], subsets=s.get("subsets"), fixed=s.get("fixed"))
+    fixed = s.get("fixed")
+    if fixed and fingerprint.get("standin"):
+        # stand-in data holds a few of the real case ids: keep those the paper's fixed split lists
+        from medkd.data.standins import restrict_fixed_split
+
+        fixed = restrict_fixed_split(fixed, cases)
+        logging.getLogger("medkd").warning(
+            "stand-in data: fixed split cut to the stand-in's cases (%s)",
+            ", ".join(f"{k} {len(v)} of {len(s['fixed'][k])}" for k, v in fixed.items()))
+    split = make_split(cases, s["seed"], fractions=s["fractions"], subsets=s.get("subsets"), fixed=fixed)
     write_split(split, args.out)
 
 
@@ -190,8 +213,11 @@ def cmd_plan(args) -> None:
         tflops, n = calibrate(args.calibrate)
         source = f"measured on {n} finished runs under {args.calibrate}"
     plan = make_plan(load_config(args.config), args.config, results=args.results, tflops=tflops,
-                     tflops_source=source, overhead_min=args.overhead_min)
+                     tflops_source=source, overhead_min=args.overhead_min, measured=args.measured,
+                     partitions=args.partitions or None)
     print(format_plan(plan, per_model=not args.summary))
+    if plan.errors:
+        raise SystemExit(1)
 
 
 def cmd_train(args) -> None:
@@ -239,7 +265,8 @@ def cmd_evaluate(args) -> None:
 
     _check_model_inputs(args.model_dir, args.store)
     n = evaluate(args.predictions, args.model_dir, args.store, args.split, args.out, conventions=args.conventions,
-                 logit_threshold=args.logit_threshold, regions=json.loads(args.regions))
+                 logit_threshold=args.logit_threshold, regions=json.loads(args.regions),
+                 data_memory_mb=_data_memory_mb(args))
     print(f"{n} rows -> {args.out}")
 
 
@@ -407,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cudnn-benchmark", action="store_true", help="run setting: cuDNN autotuning")
         sp.add_argument("--deterministic", action="store_true",
                         help="run setting: deterministic algorithms only (wins over --cudnn-benchmark)")
+        add_data_memory(sp)
+
+    def add_data_memory(sp):
+        sp.add_argument("--data-memory-mb", type=float, default=None,
+                        help="run setting: MB of slice data held in memory; larger splits and caches are read "
+                             "from their stores batch by batch (default medkd.datasets.DEFAULT_DATA_MEMORY_MB)")
 
     def add_spec(sp):
         g = sp.add_mutually_exclusive_group(required=True)
@@ -443,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calibrate", metavar="DIR", help="measure the TFLOP/s from finished runs' summary.json under DIR")
     sp.add_argument("--overhead-min", type=float, default=2.0, help="start-up minutes per GPU job")
     sp.add_argument("--summary", action="store_true", help="totals only, no row per training job")
+    sp.add_argument("--measured", metavar="CSV", help="the rehearsal's measurements (default: the config's sizing.measured)")
+    sp.add_argument("--partitions", metavar="FILE", default="profiles/site-slurm/profile.yaml",
+                    help="the site's partition file / site profile (default: the template "
+                         "profiles/site-slurm/profile.yaml; '' for none)")
 
     sp = add("train", cmd_train, "train one model (teacher or student) for one seed; resumes if interrupted")
     add_spec(sp)
@@ -476,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--conventions", nargs="+", default=["engine"])
     sp.add_argument("--logit-threshold", type=float, default=0.0, help="mtms_pooled threshold on raw logits")
     sp.add_argument("--regions", default="{}", help="JSON {region: [class names]} scored as unions")
+    add_data_memory(sp)
 
     sp = add("robustness", cmd_robustness, "score one model on corrupted copies of the test split")
     for a in ("--model-dir", "--store", "--split", "--out", "--robustness-spec"):

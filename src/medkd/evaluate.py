@@ -34,47 +34,69 @@ import numpy as np
 
 from medkd import metrics
 from medkd.io import atomic_path, read_json
-from medkd.datasets import load_split
+from medkd.datasets import DEFAULT_DATA_MEMORY_MB, DataBudget, load_split
 from medkd.spec import ModelSpec
 
 from medkd.integrity import METRIC_COLUMNS as COLUMNS  # noqa: E402
 
 
-def _predictions(path: str | Path) -> tuple[dict, dict, dict]:
-    """(root attrs, {case: pred}, {case: logit}) of a predictions file (logits only for one-logit models)."""
+def _open_predictions(path: str | Path):
+    """The open predictions file, its root attrs and case ids; each case's ``pred`` (and ``logit`` for
+    one-logit models) is read when it is scored, so a split is never held in memory at once."""
     from medkd.integrity import reading
 
-    with reading(path, "predictions file"), h5py.File(path, "r") as fh:
-        attrs = dict(fh.attrs)
-        preds = {cid: fh[f"cases/{cid}/pred"][()] for cid in fh["cases"]}
-        logits = {cid: fh[f"cases/{cid}/logit"][()] for cid in fh["cases"] if "logit" in fh[f"cases/{cid}"]}
-    return attrs, preds, logits
+    with reading(path, "predictions file"):
+        fh = h5py.File(path, "r")
+        try:
+            return fh, dict(fh.attrs), list(fh["cases"])
+        except BaseException:
+            fh.close()
+            raise
 
 
 def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, split_path: str | Path,
              out_csv: str | Path, conventions: list[str] = ("engine",), logit_threshold: float = 0.0,
-             regions: dict[str, list[str]] | None = None) -> int:
+             regions: dict[str, list[str]] | None = None, data_memory_mb: float | None = DEFAULT_DATA_MEMORY_MB) -> int:
     """Score ``predictions`` against the references; returns the number of rows written.
 
     ``logit_threshold`` applies to the ``mtms_pooled`` convention of one-logit binary models: the MTMS
-    code thresholds raw logits at 0.5 (p > 0.622) instead of 0 (p > 0.5).
+    code thresholds raw logits at 0.5 (p > 0.622) instead of 0 (p > 0.5). ``data_memory_mb``: the
+    references are held in memory up to this size and read case by case beyond it.
     """
-    attrs, preds, logits = _predictions(predictions)
+    fh, attrs, pred_cases = _open_predictions(predictions)
+    try:
+        return _evaluate(fh, attrs, pred_cases, predictions, model_dir, store, split_path, out_csv, conventions,
+                         logit_threshold, regions, data_memory_mb)
+    finally:
+        fh.close()
+
+
+def _evaluate(fh, attrs, pred_cases, predictions, model_dir, store, split_path, out_csv, conventions,
+              logit_threshold, regions, data_memory_mb) -> int:
+    from medkd.integrity import reading
+
     run_cfg = read_json(Path(model_dir) / "config.json")
     spec, seed = ModelSpec.from_dict(run_cfg["spec"]), run_cfg["seed"]
-    data = load_split(spec, store, split_path, attrs["split"], numpy=True)
+    data = load_split(spec, store, split_path, attrs["split"], numpy=True, budget=DataBudget(data_memory_mb))
     runs = data.case_slices()
-    if sorted(runs) != sorted(preds):
-        raise ValueError(f"{predictions}: cases {sorted(preds)} do not match the {attrs['split']} split {sorted(runs)}")
+    if sorted(runs) != sorted(pred_cases):
+        raise ValueError(f"{predictions}: cases {sorted(pred_cases)} do not match the {attrs['split']} split "
+                         f"{sorted(runs)}")
+
+    def pred_of(cid):
+        with reading(predictions, "predictions file"):
+            return fh[f"cases/{cid}/pred"][()]
+
+    regions = regions or {}
     base = {"experiment": spec.experiment, "model": spec.model, "seed": seed}
     rows: list[dict] = []
     if spec.is_segmentation:
         classes = {name: i for i, name in enumerate(spec.classes) if i > 0}
         class_index = {name: i for i, name in enumerate(spec.classes)}
-        pooled_pairs = []
+        pooled_counts = {name: [0, 0, 0] for name in classes}  # tp, fp, fn summed over the cases
         for cid in sorted(runs):
-            ref = data.tensors["target"][runs[cid]]
-            pred = preds[cid].astype(np.int64)
+            ref = data.take("target", runs[cid])
+            pred = pred_of(cid).astype(np.int64)
             if pred.shape != ref.shape:
                 raise ValueError(f"{predictions}: case {cid} prediction {pred.shape} vs reference {ref.shape}")
             row_mm, col_mm, slice_mm = data.spacing[cid]
@@ -94,18 +116,25 @@ def evaluate(predictions: str | Path, model_dir: str | Path, store: str | Path, 
                     for m in ("dice", "iou"):
                         rows.append({**base, "case": cid, "class": name, "metric": m,
                                      "convention": "pcd_per_image", "value": float(np.mean([x[m] for x in per]))})
-            pooled_pred = (logits[cid] > logit_threshold).astype(np.int64) if cid in logits else pred
-            pooled_pairs.append((pooled_pred, ref))
+            if "mtms_pooled" in conventions:
+                with reading(predictions, "predictions file"):
+                    grp = fh[f"cases/{cid}"]
+                    logit = grp["logit"][()] if "logit" in grp else None
+                pooled_pred = (logit > logit_threshold).astype(np.int64) if logit is not None else pred
+                for name, c in classes.items():
+                    conf = metrics.binary_confusion(pooled_pred == c, ref == c)
+                    for i, k in enumerate(("tp", "fp", "fn")):
+                        pooled_counts[name][i] += int(conf[k])
         if "mtms_pooled" in conventions:
             for name, c in classes.items():
-                pooled = metrics.pooled_binary_metrics((p == c, g == c) for p, g in pooled_pairs)
+                pooled = metrics.pooled_from_counts(*pooled_counts[name])
                 for m in ("dice", "iou", "precision", "recall"):
                     rows.append({**base, "case": "ALL", "class": name, "metric": m,
                                  "convention": "mtms_pooled", "value": pooled[m]})
     else:
         for cid in sorted(runs):
-            gt = data.tensors["target"][runs[cid]][:, 0]
-            pred = preds[cid].astype(np.float64)
+            gt = data.take("target", runs[cid])[:, 0]
+            pred = pred_of(cid).astype(np.float64)
             for r in metrics.reconstruction_case_metrics(gt, pred):
                 rows.append({**base, "case": cid, "class": "image", "convention": "engine", **r})
             if "kdmri_per_slice" in conventions:  # KD-MRI's knee files hold one slice each: every slice is a "case"

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medkd.io import atomic_path, h5_dataset
+from medkd.io import atomic_path, h5_empty
 from medkd.models import count_parameters
-from medkd.datasets import load_split
+from medkd.datasets import DataBudget, load_split
 from medkd.runtime import RunSettings, autocast, class_indices, forward_model, load_trained, to_device
 
 
@@ -52,7 +52,7 @@ def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, ou
     settings = settings or RunSettings()
     dev = settings.apply()
     model, spec = load_trained(model_dir, dev, settings)
-    data = load_split(spec, store, split_path, split_name)
+    data = load_split(spec, store, split_path, split_name, budget=DataBudget(settings.data_memory_mb))
     seg = spec.is_segmentation
     runs = data.case_slices()
     nhwc = settings.nhwc(model)
@@ -60,24 +60,23 @@ def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, ou
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as fh:
         for cid in tqdm(sorted(runs), desc=f"infer {spec.model}", unit="case", disable=None):
             idx = torch.as_tensor(runs[cid])
-            preds, logits = [], []
+            grp = fh.create_group(f"cases/{cid}")
+            sets: dict[str, h5py.Dataset] = {}
             for start in range(0, len(idx), batch_size):
+                # written batch by batch: a job holds one batch of predictions, never a whole case
                 batch = to_device(data.batch(idx[start : start + batch_size]), dev, nhwc)
                 with autocast(dev, spec.train.precision):
                     if latency is None:
                         latency = measure_latency(model, batch)
                     out = forward_model(model, batch)
                 out = (out["out"] if isinstance(out, dict) else out).float().cpu()
-                if seg:
-                    preds.append(to_labels(out))
-                    if out.shape[1] == 1:
-                        logits.append(out[:, 0])
-                else:
-                    preds.append(out[:, 0])
-            grp = fh.create_group(f"cases/{cid}")
-            h5_dataset(grp, "pred", torch.cat(preds).numpy(), compression="gzip", compression_opts=1)
-            if logits:
-                h5_dataset(grp, "logit", torch.cat(logits).numpy().astype(np.float32))
+                arrays = {"pred": (to_labels(out) if seg else out[:, 0]).numpy()}
+                if seg and out.shape[1] == 1:
+                    arrays["logit"] = out[:, 0].numpy().astype(np.float32)
+                for key, arr in arrays.items():
+                    if key not in sets:
+                        sets[key] = h5_empty(grp, key, (len(idx),) + arr.shape[1:], arr.dtype, compress=key == "pred")
+                    sets[key][start : start + arr.shape[0]] = arr
         fh.attrs.update({
             "experiment": spec.experiment, "model": spec.model, "task": spec.task,
             "split": split_name, "latency_ms_per_slice": float(latency or 0.0), "device": str(dev),

@@ -42,18 +42,39 @@ def h5_dataset(group: Any, name: str, data: Any, **kwargs: Any) -> Any:
         OSError: ``ENOSPC`` naming the file, the bytes needed and free, before HDF5 writes anything of it
             (inside :func:`atomic_path` this becomes a :class:`DiskFullError` and the temporary is removed).
     """
-    import errno
-
     import numpy as np
 
-    nbytes = int(np.asarray(data).nbytes)
+    _require_space(group, name, int(np.asarray(data).nbytes))
+    return group.create_dataset(name, data=data, **kwargs)
+
+
+def h5_empty(group: Any, name: str, shape: tuple, dtype: Any, compress: bool = False) -> Any:
+    """An empty dataset that a stage fills one batch at a time (``ds[a:b] = batch``), after the same free-space
+    check as :func:`h5_dataset` for its uncompressed size. ``compress``: gzip level 1 with one slice per chunk
+    (along axis 0), so a reader of a few slices decompresses only those; otherwise contiguous.
+
+    Raises:
+        OSError: ``ENOSPC`` naming the file, the bytes needed and free, before anything is written.
+    """
+    import numpy as np
+
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    _require_space(group, name, nbytes)
+    if compress:
+        return group.create_dataset(name, shape=shape, dtype=dtype, chunks=(1,) + tuple(shape[1:]),
+                                    compression="gzip", compression_opts=1)
+    return group.create_dataset(name, shape=shape, dtype=dtype)
+
+
+def _require_space(group: Any, name: str, nbytes: int) -> None:
+    import errno
+
     directory = os.path.dirname(os.path.abspath(group.file.filename))
     st = os.statvfs(directory)
     free = st.f_bavail * st.f_frsize
     if free < nbytes + H5_SPACE_MARGIN:
         raise OSError(errno.ENOSPC, f"No space left on device: {nbytes + H5_SPACE_MARGIN} bytes needed for "
                                     f"dataset {name!r} of {group.file.filename}, {free} free")
-    return group.create_dataset(name, data=data, **kwargs)
 
 
 def pid_alive(pid: int) -> bool:

@@ -477,6 +477,11 @@ def pooled_binary_metrics(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dic
         n_pairs += 1
     if n_pairs == 0:
         raise ValueError("pooled_binary_metrics needs at least one (pred, ref) pair, got none")
+    return pooled_from_counts(tp, fp, fn)
+
+
+def pooled_from_counts(tp: int, fp: int, fn: int) -> dict[str, float | int]:
+    """:func:`pooled_binary_metrics` from summed counts (a test set scored one case at a time)."""
     return {
         "iou": _ratio(tp, tp + fp + fn, math.nan),
         "dice": _ratio(2 * tp, 2 * tp + fp + fn, math.nan),

@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from medkd.datasets import load_split
+from medkd.datasets import DataBudget, load_split
 from medkd.io import atomic_path, read_json
 from medkd.spec import ModelSpec
 
@@ -57,7 +57,7 @@ def choose_slices(data, n_cases: int = 2, segmentation: bool = True) -> list[tup
     out = []
     for cid in sorted(runs)[:n_cases]:
         idx = runs[cid]
-        target = data.tensors["target"][idx]
+        target = data.take("target", idx)
         if segmentation:
             score = (target > 0).reshape(len(idx), -1).sum(1)
         else:
@@ -95,7 +95,7 @@ def write_panels(exp_name: str, exp_cfg: dict, predictions: dict[str, str | Path
     from matplotlib.colors import ListedColormap
 
     spec = ModelSpec.from_dict(read_json(Path(model_dir) / "config.json")["spec"])
-    data = load_split(spec, store, split_path, "test", numpy=True)
+    data = load_split(spec, store, split_path, "test", numpy=True, budget=DataBudget())
     seg = spec.is_segmentation
     slices = choose_slices(data, n_cases, seg)
     models = [m for m in panel_models(exp_cfg) if m in predictions]
@@ -111,8 +111,8 @@ def write_panels(exp_name: str, exp_cfg: dict, predictions: dict[str, str | Path
     base = plt.get_cmap("tab10")
     cmap = ListedColormap([(0, 0, 0, 1)] + [base(i % 10) for i in range(max(1, n_classes - 1))])
     for r, (cid, k, pos) in enumerate(slices):
-        image = data.tensors["image"][pos][0]
-        target = data.tensors["target"][pos]
+        image = data.take("image", [pos])[0][0]
+        target = data.take("target", [pos])[0]
         row = axes[r * rows_per]
         if seg:
             row[0].imshow(image, cmap="gray")

@@ -18,6 +18,12 @@ For a config it prints
 
 Each training job's estimate is shown next to the runtime its SLURM job asks for (:mod:`medkd.resources`), with
 ``!`` where the estimate exceeds it.
+
+Per experiment and rule it also prints what the jobs ask for as :func:`medkd.resources.size` sizes them (from the
+rehearsal's measurements, ``--measured``, and bounded by the site's partitions, ``--partitions``: the site
+profile, whose ``config: {gpu_speedup}`` it also reads), the partition each lands in (the SLURM plugin's
+selection rule, :mod:`medkd.partitions`), and GPU-hours from the measurement beside the FLOPs estimate. Only the
+config is read: it works before any data exists.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from medkd import partitions as partmod
 from medkd import resources
 from medkd.config import REPO_ROOT, experiment_seeds, model_spec
 
@@ -108,18 +115,7 @@ def dataset_size(cfg: Mapping, name: str, results: Path, source_specs: Mapping) 
     return DatasetSize(size["cases"], size["cases"] * size["slices_per_case"], "estimate: config/datasets.yaml")
 
 
-def split_fraction(exp: Mapping, split: str, n_cases: float) -> float:
-    """Fraction of the dataset's cases in split (or nested subset) ``split`` of an experiment."""
-    s = exp.get("split", {})
-    fixed = s.get("fixed") or {}
-    if split in fixed:
-        return len(fixed[split]) / n_cases if n_cases else 0.0
-    subsets = s.get("subsets") or {}
-    if split in subsets:
-        return subsets[split]["fraction"] * split_fraction(exp, subsets[split]["of"], n_cases)
-    if fixed:  # a fixed split without this name holds none of it
-        return 0.0
-    return float((s.get("fractions") or {}).get(split, 0.0))
+split_fraction = resources.split_fraction  # moved to medkd.resources (the Snakefile sizes with it)
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
@@ -174,6 +170,9 @@ class Plan:
     train: list[TrainRow] = field(default_factory=list)
     pflop: dict[str, float] = field(default_factory=dict)  # per rule
     gpu_jobs: dict[str, int] = field(default_factory=dict)
+    rule_sizes: dict[str, dict[str, "RuleSize"]] = field(default_factory=dict)  # experiment (or "(data)") -> rule
+    sizing_source: str = ""
+    errors: list[str] = field(default_factory=list)  # jobs that fit no partition
 
     def hours(self, rule: str) -> float:
         return self.pflop.get(rule, 0.0) * 1e15 / (self.tflops * 1e12) / 3600
@@ -182,6 +181,67 @@ class Plan:
     def total_hours(self) -> float:
         compute = sum(self.hours(r) for r in self.pflop)
         return compute + sum(self.gpu_jobs.values()) * self.overhead_min / 60
+
+
+@dataclass
+class RuleSize:
+    """What one experiment's jobs of one rule ask for (:func:`medkd.resources.size`)."""
+
+    jobs: int = 0
+    runtime: int = 0  # largest request, minutes
+    mem_mb: int = 0  # largest request
+    partitions: Counter = field(default_factory=Counter)  # where the plugin sends them
+    basis: set = field(default_factory=set)  # configured / measured / default (runtime/mem_mb)
+    gpu_hours: float = 0.0  # measured need (before margins) of the jobs that run on a GPU
+    measured: int = 0  # jobs whose runtime is measured
+
+    def add(self, size: "resources.JobSize", n: int = 1) -> None:
+        self.jobs += n
+        self.runtime = max(self.runtime, size.runtime)
+        self.mem_mb = max(self.mem_mb, size.mem_mb)
+        self.partitions[size.partition or "-"] += n
+        self.basis.add(size.basis)
+        if size.basis.startswith("measured"):
+            self.measured += n
+            if size.gpu:
+                self.gpu_hours += n * size.need_runtime / 60
+
+
+def size_jobs(plan: "Plan", cfg: Mapping, measured: Mapping | None, partitions: list | None) -> None:
+    """Fill ``plan.rule_sizes`` (and ``plan.errors``) with every cluster job's size."""
+    exps = cfg["experiments"]
+    threads = int(cfg.get("threads", 1))
+
+    def fingerprint(ds: str) -> dict:  # the estimate's counts where the store's fingerprint is not there yet
+        return {"n_slices": plan.sizes[ds].slices, "convert": {"size": cfg["datasets"][ds]["convert"].get("size",
+                                                                                                          [64, 64])}}
+
+    def add(group: str, rule: str, n: int, **kw) -> None:
+        try:
+            sz = resources.size(cfg, rule, measured=measured, partitions=partitions, **kw)
+        except resources.SizingError as exc:
+            plan.errors.append(str(exc))
+            return
+        plan.rule_sizes.setdefault(group, {}).setdefault(rule, RuleSize()).add(sz, n)
+
+    for ds in plan.sizes:
+        add("(data)", "convert", 1, dataset=ds, job=f"convert dataset={ds}")
+    for ds, mask in sorted({(e["dataset"], e["kspace"]["name"]) for e in exps.values() if e["task"] != "segmentation"}):
+        add("(data)", "undersample", 1, dataset=ds, job=f"undersample dataset={ds}, mask={mask}")
+    for name, e in exps.items():
+        seeds = len(experiment_seeds(cfg, name))
+        ds = e["dataset"]
+        common = dict(exp=name, fingerprint=fingerprint(ds), dataset_size=(plan.sizes[ds].cases, plan.sizes[ds].slices))
+        cached = set()
+        for model in e["models"]:
+            spec = model_spec(cfg, name, model)
+            cached.update(spec.cached_teachers())
+            for rule in ("train", "infer", "evaluate") + (("robustness",) if "robustness" in e and
+                                                           spec.role != "baseline" else ()):
+                add(name, rule, seeds, model=model, threads=threads if rule in resources.NETWORK_RULES else 1,
+                    job=f"{rule} exp={name}, model={model}", **common)
+        for t in sorted(cached):
+            add(name, "cache", seeds, model=t, threads=threads, job=f"cache exp={name}, model={t}", **common)
 
 
 def calibrate(root: str | Path) -> tuple[float, int]:
@@ -203,7 +263,11 @@ def calibrate(root: str | Path) -> tuple[float, int]:
 
 def make_plan(cfg: Mapping, config_name: str = "config", results: str | Path = "results",
               tflops: float = DEFAULT_TFLOPS, tflops_source: str = "assumed",
-              overhead_min: float = DEFAULT_OVERHEAD_MIN) -> Plan:
+              overhead_min: float = DEFAULT_OVERHEAD_MIN, measured: str | Path | None = None,
+              partitions: str | Path | None = None) -> Plan:
+    """The plan of ``cfg``. ``measured``: the rehearsal CSV (default: the config's ``sizing.measured``);
+    ``partitions``: the site's partition file, e.g. the site profile (its ``config: {gpu_speedup: ...}``, when
+    the config states none, is used too)."""
     from medkd.data.sources.spec import load_datasets_yaml
 
     specs = load_datasets_yaml(REPO_ROOT / "config" / "datasets.yaml")
@@ -258,6 +322,37 @@ def make_plan(cfg: Mapping, config_name: str = "config", results: str | Path = "
             pflop["cache"] += n_cache * fwd(name, t) * passes * seeds / 1e15
     plan.pflop = dict(pflop)
     plan.gpu_jobs = {r: plan.jobs.get(r, 0) for r in resources.NETWORK_RULES} if gpu else {}
+
+    notes = []
+    mpath = Path(measured) if measured else (REPO_ROOT / cfg["sizing"]["measured"] if cfg["sizing"].get("measured")
+                                             else None)
+    meas = resources.read_measured(mpath) if mpath is not None and mpath.is_file() else {}
+    notes.append(f"measured: {mpath} ({sum(m.rows for m in meas.values())} rows)" if meas else
+                 f"measured: none ({mpath or 'sizing.measured unset'} not found): default formulas")
+    parts = None
+    if partitions:
+        parts = partmod.read(partitions)
+        notes.append(f"partitions: {partitions} ({', '.join(p.name for p in parts)})")
+        if cfg.get("gpu_speedup") is None:
+            import yaml
+
+            site = (yaml.safe_load(Path(partitions).read_text()) or {}).get("config") or {}
+            if site.get("gpu_speedup"):
+                cfg = {**cfg, "gpu_speedup": float(site["gpu_speedup"])}
+    else:
+        notes.append("partitions: none (requests unbounded)")
+    notes.append(f"gpu_speedup: {cfg.get('gpu_speedup')}" if cfg.get("gpu_speedup") else
+                 "gpu_speedup: not stated (GPU training jobs keep their default runtime)")
+    plan.sizing_source = "; ".join(notes)
+    size_jobs(plan, cfg, meas, parts)
+    for row in plan.train:  # the runtime the job asks for, as the Snakefile sizes it
+        size = plan.sizes[exps[row.experiment]["dataset"]]
+        try:
+            row.runtime_min = resources.size(cfg, "train", row.experiment, row.model, measured=meas, partitions=parts,
+                                             dataset_size=(size.cases, size.slices),
+                                             threads=int(cfg.get("threads", 1))).runtime
+        except resources.SizingError:
+            pass  # listed in plan.errors
     return plan
 
 
@@ -317,4 +412,43 @@ def format_plan(plan: Plan, per_model: bool = True) -> str:
     lines.append(f"  {'total':<12}{'':>18}{plan.total_hours:>10,.1f} GPU-h")
     if plan.device == "cpu":
         lines.append("  (device cpu: no job asks for a GPU; read GPU-h as hours of the throughput above)")
+    lines += format_sizes(plan, per_rule=per_model)
     return "\n".join(lines)
+
+
+def format_sizes(plan: Plan, per_rule: bool = True) -> list[str]:
+    """What each experiment's jobs ask for, where they land, and their GPU-hours (measured and FLOPs)."""
+    flops_h: Counter = Counter()
+    for r in plan.train:
+        flops_h[r.experiment] += r.hours_job * r.seeds
+    lines = ["", "Job sizes (medkd.resources: configured > measured > default; bounded by the partitions):",
+             f"  {plan.sizing_source}",
+             "  runtime and mem_mb: the largest request of the rule's jobs (attempt 1); sized by: runtime/mem_mb;",
+             "  GPU-h meas.: measured need of the GPU training jobs (before margins); GPU-h FLOPs: the estimate above"]
+    if per_rule:
+        lines.append(f"  {'experiment':<22}{'rule':<12}{'jobs':>5}{'runtime':>9}{'mem_mb':>9}  {'partition':<12}"
+                     f"{'sized by':<22}{'GPU-h meas.':>12}{'GPU-h FLOPs':>12}")
+        for exp, rules in plan.rule_sizes.items():
+            for rule, rs in rules.items():
+                part = ", ".join(f"{p}" if len(rs.partitions) == 1 else f"{p} x{n}" for p, n in rs.partitions.items())
+                meas = f"{rs.gpu_hours:,.1f}" if rule == "train" and rs.measured else "-"
+                fl = f"{flops_h[exp]:,.1f}" if rule == "train" else ""
+                lines.append(f"  {exp:<22}{rule:<12}{rs.jobs:>5}{rs.runtime:>8}m{rs.mem_mb:>9,}  {part:<12}"
+                             f"{','.join(sorted(rs.basis)):<22}{meas:>12}{fl:>12}")
+    else:
+        lines.append(f"  {'experiment':<22}{'jobs':>6}{'peak mem_mb':>12}{'GPU-h meas.':>12}{'GPU-h FLOPs':>12}  "
+                     "partition per rule")
+        for exp, rules in plan.rule_sizes.items():
+            jobs = sum(rs.jobs for rs in rules.values())
+            peak = max(rs.mem_mb for rs in rules.values())
+            tr = rules.get("train")
+            meas = f"{tr.gpu_hours:,.1f}" if tr and tr.measured else "-"
+            fl = f"{flops_h[exp]:,.1f}" if exp in flops_h else ""
+            where = " ".join(f"{r}:{'/'.join(rs.partitions)}" for r, rs in rules.items())
+            lines.append(f"  {exp:<22}{jobs:>6}{peak:>12,}{meas:>12}{fl:>12}  {where}")
+    total = sum(rs.gpu_hours for rules in plan.rule_sizes.values() for rs in rules.values())
+    lines.append(f"  measured GPU-h of training jobs: {total:,.1f} (FLOPs estimate: {sum(flops_h.values()):,.1f})")
+    if plan.errors:
+        lines += ["", f"Jobs that fit no partition ({len(plan.errors)}; a run stops planning at the first):"]
+        lines += [f"  {e}" for e in plan.errors]
+    return lines

@@ -26,7 +26,7 @@ from medkd import metrics
 from medkd.data.corrupt import corrupt
 from medkd.infer import to_labels
 from medkd.io import atomic_path
-from medkd.datasets import load_split
+from medkd.datasets import DataBudget, load_split
 from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
 
 COLUMNS = ["experiment", "model", "seed", "case", "class", "metric", "corruption", "severity", "value"]
@@ -58,7 +58,7 @@ def evaluate_robustness(model_dir: str | Path, store: str | Path, split_path: st
     from medkd.io import read_json
 
     run_seed = read_json(Path(model_dir) / "config.json")["seed"]
-    data = load_split(spec, store, split_path, "test")
+    data = load_split(spec, store, split_path, "test", budget=DataBudget(settings.data_memory_mb))
     runs = data.case_slices()
     classes = {name: i for i, name in enumerate(spec.classes) if i > 0}
     score = METRICS[metric]
@@ -68,7 +68,7 @@ def evaluate_robustness(model_dir: str | Path, store: str | Path, split_path: st
     for name, severity in tqdm(grid, desc=f"robustness {spec.model}", unit="setting", disable=None):
         for cid in sorted(runs):
             idx = runs[cid]
-            clean = data.tensors["image"][idx].numpy()
+            clean = data.take("image", idx).numpy()
             if severity == 0:
                 images = clean
             else:
@@ -77,7 +77,7 @@ def evaluate_robustness(model_dir: str | Path, store: str | Path, split_path: st
                     for k, img in enumerate(clean)
                 ]).astype(np.float32)
             pred = _predict(model, torch.from_numpy(images), batch_size, dev, settings, spec.train.precision)
-            ref = data.tensors["target"][idx].numpy()
+            ref = data.take("target", idx).numpy()
             for cname, c in classes.items():
                 rows.append({**base, "case": cid, "class": cname, "corruption": name, "severity": severity,
                              "value": score(pred == c, ref == c)})

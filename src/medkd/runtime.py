@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from medkd.datasets import DEFAULT_DATA_MEMORY_MB
 from medkd.io import read_json
 from medkd.models import build_model
 from medkd.spec import ModelSpec
@@ -37,7 +38,8 @@ class RunSettings:
     architecture declares in ``cpu_channels_last`` (measured faster there, ``benchmarks/memory_format.py``),
     as built otherwise and on CUDA (see :meth:`nhwc`);
     ``cudnn_benchmark``: cuDNN autotuning; ``deterministic``: deterministic algorithms only (wins over
-    ``cudnn_benchmark``). None of them is part of a spec hash.
+    ``cudnn_benchmark``); ``data_memory_mb``: MB of slice data the job may hold in memory before it streams
+    (:class:`medkd.datasets.DataBudget`; None: no limit). None of them is part of a spec hash.
     """
 
     device: str = "auto"
@@ -45,6 +47,7 @@ class RunSettings:
     channels_last: bool | str = "auto"
     cudnn_benchmark: bool = False
     deterministic: bool = False
+    data_memory_mb: float | None = DEFAULT_DATA_MEMORY_MB
 
     def apply(self) -> torch.device:
         """Set torch's threads and backend switches; return the resolved device."""

@@ -149,8 +149,10 @@ class TrainState:
 # ------------------------------------------------------------------------------------------ build
 
 
-def attach_caches(spec: ModelSpec, inputs: TrainInputs, data: datasets.SliceData) -> None:
-    """Attach the cached teacher maps every ``cache:<key>`` tap of the spec reads."""
+def attach_caches(spec: ModelSpec, inputs: TrainInputs, data: datasets.SliceData,
+                  budget: datasets.DataBudget | None = None) -> None:
+    """Attach the cached teacher maps every ``cache:<key>`` tap of the spec reads (in memory within
+    ``budget``, streamed beyond it)."""
     taps = spec.teacher_taps()
     for teacher in spec.cached_teachers():
         if teacher not in inputs.caches:
@@ -158,7 +160,7 @@ def attach_caches(spec: ModelSpec, inputs: TrainInputs, data: datasets.SliceData
         keys = sorted(t[6:] for t in taps[teacher] if t.startswith("cache:"))
         summary = inputs.teacher_summaries.get(teacher)
         expected = read_json(summary).get("spec_hash") if summary is not None else None
-        datasets.attach_cache(data, teacher, inputs.caches[teacher], keys, spec_hash=expected)
+        datasets.attach_cache(data, teacher, inputs.caches[teacher], keys, spec_hash=expected, budget=budget)
 
 
 def selection(spec: ModelSpec) -> tuple[str, str]:
@@ -202,12 +204,13 @@ def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device,
     settings = settings or RunSettings()
     metric, mode = selection(spec)
     torch.manual_seed(seed)
-    train_data = datasets.load_split(spec, inputs.store, inputs.split, tcfg.subset)
-    val_data = datasets.load_split(spec, inputs.store, inputs.split, tcfg.val_split)
+    budget = datasets.DataBudget(settings.data_memory_mb)
+    train_data = datasets.load_split(spec, inputs.store, inputs.split, tcfg.subset, budget=budget)
+    val_data = datasets.load_split(spec, inputs.store, inputs.split, tcfg.val_split, budget=budget)
     if len(train_data) == 0 or len(val_data) == 0:
         raise ValueError(f"{spec.model}: empty training ({len(train_data)}) or validation ({len(val_data)}) data")
-    attach_caches(spec, inputs, train_data)
-    attach_caches(spec, inputs, val_data)
+    attach_caches(spec, inputs, train_data, budget)
+    attach_caches(spec, inputs, val_data, budget)
 
     model = build_from_spec(spec).to(device)
     if inputs.init_dir is not None:
@@ -229,7 +232,8 @@ def build(spec: ModelSpec, seed: int, inputs: TrainInputs, device: torch.device,
               scaler=grad_scaler(device, tcfg.precision), metric=metric, mode=mode, settings=settings,
               nhwc=settings.nhwc(model, "train"))
     if teachers and tcfg.epochs > 1:  # with one epoch each slice meets the teacher once anyway
-        t0, budget = time.perf_counter(), PRECOMPUTE_LIMIT_BYTES
+        # the teachers' outputs count against the data budget too
+        t0, budget = time.perf_counter(), min(PRECOMPUTE_LIMIT_BYTES, budget.left)
         for split, data in (("train", train_data), ("val", val_data)):
             pre = precompute_teachers(run, data, batch_size=tcfg.batch_size, limit_bytes=budget)
             if pre is None:
@@ -525,7 +529,9 @@ def finish(run: Run, state: TrainState, inputs: TrainInputs, settings: RunSettin
     write_json(out_dir / "config.json", {"spec": spec.to_dict(), "seed": run.seed, "spec_hash": spec.hash,
                                          "inputs": inputs.record()})
     write_json(out_dir / "env.json", {**environment_record(inputs.data_hash, torch), "run_settings": settings.record(),
-                                      "memory_format": "channels_last" if run.nhwc else "contiguous"})
+                                      "memory_format": "channels_last" if run.nhwc else "contiguous",
+                                      "data_in_memory": {"train": not run.train_data.streaming,
+                                                         "val": not run.val_data.streaming}})
     with atomic_path(out_dir / "model.pt") as tmp:
         shutil.copyfile(best_path, tmp)
     summary["model_sha256"] = sha256(out_dir / "model.pt")  # checked by every stage that loads model.pt

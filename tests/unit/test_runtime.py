@@ -78,7 +78,8 @@ def test_bf16_autocast_trains_the_tiny_model_on_cpu(toy_data, tmp_path):
     assert summaries["bf16"]["best_score"] > 0.2
     env = json.loads((tmp_path / "bf16" / "env.json").read_text())
     assert env["run_settings"] == {"device": "cpu", "threads": 1, "channels_last": "auto", "cudnn_benchmark": False,
-                                   "deterministic": False}
+                                   "deterministic": False, "data_memory_mb": 4096}
+    assert env["data_in_memory"] == {"train": True, "val": True}
     assert env["memory_format"] == "channels_last"  # a U-Net on CPU under "auto"
     import torch
 

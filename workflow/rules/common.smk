@@ -67,6 +67,7 @@ class RunFlags:
             )
             if cfg[key]
         ]
+        flags.append(f"--data-memory-mb {cfg['data_memory_mb']}")
         self.text = " ".join(flags)
 
     def __str__(self):
@@ -77,6 +78,16 @@ class RunFlags:
 
 
 RUN_FLAGS = RunFlags(CFG)
+
+
+class DataFlags(RunFlags):
+    """Param `data` of the evaluate rule: its one run setting, the data memory budget (not compared either)."""
+
+    def __init__(self, cfg):
+        self.text = f"--data-memory-mb {cfg['data_memory_mb']}"
+
+
+DATA_FLAGS = DataFlags(CFG)
 NET_THREADS = CFG["threads"]
 
 
@@ -283,10 +294,59 @@ LOCAL_GPUS = (
 )
 
 
+def _measured_sizes():
+    """The rehearsal's measurements (config `sizing.measured`, relative to the repository); none when unset or
+    not there yet (every job then sized by medkd.resources' default formulas)."""
+    path = CFG["sizing"].get("measured")
+    if not path or not (REPO_DIR / path).is_file():
+        return {}
+    return _resources.read_measured(REPO_DIR / path)
+
+
+def _site_partitions():
+    """The site's partitions (config `partition_file`, which a site profile states in its `config:`, else the
+    SLURM plugin's SNAKEMAKE_SLURM_PARTITIONS): requests are bounded by them. None for a run of the local
+    executor (this machine is not a partition)."""
+    if getattr(workflow.executor_plugin, "name", None) == "local":
+        return None
+    path = CFG.get("partition_file") or os.environ.get("SNAKEMAKE_SLURM_PARTITIONS")
+    if not path:
+        return None
+    from medkd import partitions as _partition_file
+
+    try:
+        # relative to the repository, like every path of the config
+        return _partition_file.read(REPO_DIR / path)
+    except (OSError, ValueError) as exc:
+        print(f"medkd: partition file: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+MEASURED = _measured_sizes()
+PARTITIONS = _site_partitions()
+
+
+@lru_cache(maxsize=None)
+def _dataset_specs():
+    from medkd.data.sources.spec import load_datasets_yaml
+
+    return load_datasets_yaml(REPO_DIR / "config" / "datasets.yaml")
+
+
+def _dataset_size(dataset):
+    """(cases, slices) of a dataset: its fingerprint once converted, else the estimate medkd plan prints."""
+    from medkd.plan import dataset_size
+
+    s = dataset_size(CFG, dataset, Path("results"), _dataset_specs())
+    return (s.cases, s.slices)
+
+
 def job_resources(rule_name):
-    """Snakemake resources of a rule's jobs, sized from the config (medkd.resources): runtime and mem_mb (the
-    experiment's or model's `resources` entry, else scaled from the dataset's slices), times the attempt, and
-    gpu for the rules that run a network unless the device is cpu."""
+    """Snakemake resources of a rule's jobs, sized by medkd.resources.size: runtime and mem_mb from the
+    config's `resources`, else the rehearsal's measurement, else the default formulas; mem_mb grows with the
+    attempt, runtime does not; both bounded by the site's partitions (a job that fits none stops planning with
+    a message naming it); gpu for the rules that run a network unless the device is cpu.
+    """
 
     def fingerprint(wildcards, input):
         if rule_name == "train":
@@ -297,21 +357,44 @@ def job_resources(rule_name):
             )
         return None
 
-    def mem_mb(wildcards, input, attempt):
-        exp = wildcards.get("exp")
-        return _resources.mem_mb(
+    def size(wildcards, input, attempt, threads, need_memory=True):
+        exp, model = wildcards.get("exp"), wildcards.get("model")
+        dataset = wildcards.get("dataset")
+        fp = None
+        if exp and _resources.needs_fingerprint(
+            CFG, rule_name, exp, model, MEASURED, dataset
+        ):
+            try:
+                fp = fingerprint(wildcards, input)
+            except FileNotFoundError:
+                # mem_mb: <TBD> until the store is made; runtime does not wait for it (it is bounded with the
+                # memory known so far, the base; mem_mb is checked against the partitions once known)
+                if need_memory:
+                    raise
+        return _resources.size(
             CFG,
             rule_name,
             exp,
-            wildcards.get("model"),
+            model,
             attempt,
-            fingerprint(wildcards, input) if exp else None,
+            fingerprint=fp,
+            measured=MEASURED,
+            partitions=PARTITIONS,
+            dataset_size=(
+                _dataset_size(exp_dataset(exp))
+                if exp and rule_name == "train"
+                else None
+            ),
+            threads=threads,
+            dataset=dataset,
+            job=f"{rule_name} " + ", ".join(f"{k}={v}" for k, v in wildcards.items()),
         )
 
-    def runtime(wildcards, attempt):
-        return _resources.runtime(
-            CFG, rule_name, wildcards.get("exp"), wildcards.get("model"), attempt
-        )
+    def mem_mb(wildcards, input, attempt, threads):
+        return size(wildcards, input, attempt, threads).mem_mb
+
+    def runtime(wildcards, input, attempt, threads):
+        return size(wildcards, input, attempt, threads, need_memory=False).runtime
 
     out = {"mem_mb": mem_mb, "runtime": runtime}
     if rule_name in _resources.NETWORK_RULES:

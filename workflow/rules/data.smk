@@ -5,6 +5,8 @@
 # `fetch_source` (marker .medkd-fetched.json written by medkd.data.sources.fetch.fetch_dataset), where
 # <source> is the dataset's `source` (default its own name). A manual dataset whose files are absent stops
 # the DAG at planning time (also under -n) with the list of missing paths and where to request the data.
+# With `standin_data: true`, fetch_source writes each source's generated stand-in (medkd.data.standins)
+# instead, and planning does not ask for the gated files.
 include: "sources.smk"
 
 
@@ -41,13 +43,16 @@ rule fetch_source:
     params:
         medkd=MEDKD,
         code=code("fetch"),
+        # with standin_data, "standin": the generator identity: the job writes the source's stand-in
         spec=lambda w: canonical_json(
             {"kind": source_kind(w.source), "source": w.source}
+            | ({"standin": standin_identity(w.source)} if CFG["standin_data"] else {})
         ),
         # what defines the source's data in config/datasets.yaml (urls, checksums, layout; not its prose),
-        # which the job reads: a new URL, checksum or file list re-fetches (and re-verifies) the source
+        # which the job reads, and the stand-in generator: a new URL, checksum or file list re-fetches (and
+        # re-verifies) the source, and so does turning standin_data on or off
         entry=lambda w: canonical_json(
-            _fetch.data_defining(source_specs()[w.source])
+            _fetch.data_defining(source_specs()[w.source], standin_identity(w.source))
             if w.source in source_specs()
             else {}
         ),

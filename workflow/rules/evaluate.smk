@@ -45,10 +45,11 @@ rule evaluate:
         conventions=lambda w: " ".join(exp_cfg(w.exp)["conventions"]),
         threshold=lambda w: exp_cfg(w.exp)["logit_threshold"],
         regions=lambda w: canonical_json(exp_cfg(w.exp).get("regions", {})),
+        data=DATA_FLAGS,
     shell:
         "{params.medkd} evaluate --predictions {input.predictions} --model-dir {params.model_dir} --store {input.store}"
         " --split {input.split} --conventions {params.conventions} --logit-threshold {params.threshold}"
-        " --regions {params.regions:q}"
+        " --regions {params.regions:q} {params.data}"
         " --out {output.metrics} --threads {threads} > {log} 2>&1"
 
 

@@ -37,9 +37,12 @@ _INPUT_PROBLEMS = {}
 
 def input_problems():
     """Every manual source with missing files and every local dataset not ready, of the datasets this
-    config's experiments use (checked once per planning)."""
+    config's experiments use (checked once per planning). With standin_data only local datasets are
+    checked: the fetch step writes the stand-ins of manual sources."""
     if "all" not in _INPUT_PROBLEMS:
         used = list(dict.fromkeys(e["dataset"] for e in CFG["experiments"].values()))
+        if CFG["standin_data"]:
+            used = [u for u in used if CFG["datasets"][u]["kind"] == "local"]
         _INPUT_PROBLEMS["all"] = _local.input_problems(
             CFG["datasets"], used, source_specs, DATA_ROOT
         )
@@ -80,14 +83,28 @@ def source_kind(source):
     return kinds.pop()
 
 
+def standin_identity(source):
+    """With standin_data: the stand-in generator of ``source`` (medkd.data.standins.identity; an error names
+    the sources that have one); None otherwise. Part of the fetch_source params, so toggling re-fetches.
+    """
+    if not CFG["standin_data"]:
+        return None
+    from medkd.data import standins as _standins
+
+    return _standins.identity(source)
+
+
 def manual_files_present(wildcards):
-    """No input files; for a manual source, raise the missing-files message while the DAG is planned."""
+    """No input files; for a manual source, raise the missing-files message while the DAG is planned
+    (not with standin_data: the fetch step writes the source's stand-in)."""
     specs = source_specs()
     if wildcards.source not in specs:
         raise ValueError(
             f"dataset source {wildcards.source!r} is not described in {_DATASETS_YAML}"
         )
     spec = specs[wildcards.source]
+    if standin_identity(wildcards.source) is not None:
+        return []
     if spec["kind"] == "manual":
         require_input(wildcards.source)
         _fetch.require_manual_files(wildcards.source, spec, DATA_ROOT)

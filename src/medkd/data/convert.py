@@ -400,6 +400,10 @@ def write_converted(out_path: str | Path, jobs: Sequence[tuple[str, CaseLoader]]
     provenance = {"converter": name, "source_dir": str(src_dir), "options": options,
                   "medkd_version": medkd.__version__, "created_by": "medkd convert", "skipped_cases": skipped,
                   "constant_images": constant, **dict(provenance_extra or {})}
+    standin = standin_of(src_dir)
+    if standin is not None:  # generated rehearsal data (config standin_data): labelled all the way down
+        provenance["standin"] = True
+        provenance["standin_source"] = standin
     attrs = {"dataset": dataset or Path(out_path).stem, "channel_names": list(channel_names),
              "label_names": dict(label_names), "provenance": provenance, "size": list(options["size"])}
 
@@ -418,6 +422,24 @@ def write_converted(out_path: str | Path, jobs: Sequence[tuple[str, CaseLoader]]
             raise ValueError(f"{src_dir}: every case was skipped by min_foreground={options['min_foreground']}")
 
     write_store(out_path, produce(), attrs)
+
+
+STANDIN_MARKER = ".medkd-fetched.json"
+"""The fetch marker (medkd.data.sources.fetch.MARKER_NAME; read here directly, so the converters' code hash
+does not cover the fetch code)."""
+
+
+def standin_of(src_dir: str | Path) -> dict | None:
+    """``{"generator", "seed", "version"}`` when ``src_dir`` holds stand-in data (its fetch marker says
+    ``"standin": true``, :mod:`medkd.data.standins`), else None (real data, or no marker)."""
+    try:
+        marker = json.loads((Path(src_dir) / STANDIN_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or not marker.get("standin"):
+        return None
+    return {"generator": marker.get("standin_generator"), "seed": marker.get("standin_seed"),
+            "version": marker.get("standin_version")}
 
 
 # ------------------------------------------------------------------------------------------ layouts

@@ -819,6 +819,22 @@ class KspaceStore:
         out["spacing"] = tuple(float(v) for v in out.get("spacing", (1.0, 1.0, 1.0)))
         return out
 
+    def dataset(self, case_id: str, key: str) -> h5py.Dataset:
+        """The HDF5 dataset ``key`` of a case (``target``/``image``/``kspace`` (S, H, W), one slice per
+        chunk; ``mask`` (H, W)), for reading slices without loading the case."""
+        if case_id not in self.case_ids:
+            raise KeyError(f"{self.path}: no case {case_id!r} in the k-space store")
+        return self._fh["cases"][case_id][key]
+
+    def has(self, case_id: str, key: str) -> bool:
+        """Whether a case stores ``key`` (``kspace``/``mask`` only in undersampling stores)."""
+        return key in self._fh["cases"][case_id]
+
+    def case_spacing(self, case_id: str) -> tuple[float, float, float]:
+        """The case's spacing (mm; (1, 1, 1) when the store recorded none), without reading its arrays."""
+        raw = self._fh["cases"][case_id].attrs.get("spacing", (1.0, 1.0, 1.0))
+        return tuple(float(v) for v in raw)  # type: ignore[return-value]
+
     def close(self) -> None:
         """Close the file handle."""
         if self._fh is not None:

@@ -312,6 +312,22 @@ class SliceStore:
         return SliceCase(case_id=case_id, image=image, label=label, spacing=spacing,  # type: ignore[arg-type]
                          affine=affine, attrs=attrs)
 
+    def dataset(self, case_id: str, key: str) -> h5py.Dataset:
+        """The HDF5 dataset ``key`` (``image`` (S, C, H, W) float32, ``label`` (S, H, W) uint8) of a case,
+        for reading slices without loading the case (one slice per chunk)."""
+        try:
+            return self._group(case_id)[key]
+        except KeyError as exc:
+            raise KeyError(f"{self.path}: case {case_id!r} has no {key!r}") from exc
+
+    def has(self, case_id: str, key: str) -> bool:
+        """Whether a case stores ``key`` (``label`` is absent for unlabelled cases)."""
+        return key in self._group(case_id)
+
+    def case_spacing(self, case_id: str) -> tuple[float, float, float]:
+        """(row, col, slice) spacing in mm of a case, without reading its arrays."""
+        return tuple(float(v) for v in self._group(case_id).attrs["spacing"])  # type: ignore[return-value]
+
     def n_slices(self, case_id: str) -> int:
         """Number of stored slices S of ``case_id`` (no data is read)."""
         return int(self._group(case_id)["image"].shape[0])
