@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 # CONFIGFILE=path/to.yaml runs `make report` (and ui's store stays results/mlflow.db) on another config.
 SMK_CONFIG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE))
 
-.PHONY: venv reproduce reference report test test-e2e test-all test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
+.PHONY: venv reproduce rehearse reference report test test-e2e test-all test-unit faults lint dryrun plan ui benchmark clean data-add data-push data-pull data-status
 
 venv: $(STAMP)
 
@@ -74,6 +74,21 @@ lint: $(STAMP)
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake -n results/tables/all.csv
+
+# A rehearsal of config/paper.yaml on generated stand-in data in every dataset's real layout (config/rehearsal.yaml):
+# every rule of every paper experiment at full model size, image shape and batch size, one optimisation step per
+# model, in results/rehearsal/ (its own results/, data/ and report). Ends with results/rehearsal/resources.csv
+# (wall time, peak RSS and step time of every job), which sizes the SLURM jobs (docs/cluster.md).
+REHEARSAL_DIR ?= results/rehearsal
+REHEARSAL_TARGET ?= all
+rehearse: $(STAMP)
+	@mkdir -p $(REHEARSAL_DIR); start=$$(date +%s); \
+	$(BIN)/snakemake -s $(CURDIR)/Snakefile --directory $(REHEARSAL_DIR) --cores $(CORES) --keep-going \
+	  --configfile $(CURDIR)/config/paper.yaml $(CURDIR)/config/rehearsal.yaml $(REHEARSAL_TARGET); rc=$$?; \
+	end=$$(date +%s); \
+	$(BIN)/python -m medkd rehearsal-resources --run-dir $(REHEARSAL_DIR) --out $(REHEARSAL_DIR)/resources.csv \
+	  --wall-seconds $$(( end - start )) || exit $$?; \
+	exit $$rc
 
 # jobs per rule and estimated GPU-hours of a config before submitting it: make plan CONFIG=config/paper.yaml
 plan: $(STAMP)

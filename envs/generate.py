@@ -34,7 +34,7 @@ PYTHON = "3.11"
 # reporting and tracking rules, which import pandas, matplotlib, SciPy and MLflow but not torch.
 GROUPS = {
     "training": (
-        ["fetch", "fetch_source", "convert", "split", "undersample", "train", "cache", "infer", "evaluate",
+        ["fetch", "fetch_source", "standin_mask", "convert", "split", "undersample", "train", "cache", "infer", "evaluate",
          "robustness", "robustness_table", "panels"],
         ["torch", "numpy", "scipy", "nibabel", "SimpleITK", "h5py", "scikit-image", "pandas", "matplotlib",
          "pillow", "PyYAML", "jsonschema", "tqdm", "nilearn", "threadpoolctl"],

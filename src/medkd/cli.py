@@ -260,6 +260,21 @@ def cmd_infer(args) -> None:
                              settings=_run_settings(args))))
 
 
+def cmd_standin_mask(args) -> None:
+    import numpy as np
+
+    from medkd.data.kspace import mask_facts
+    from medkd.data.standins import KDMRI_MASKS, kdmri_mask
+    from medkd.io import atomic_path
+
+    mask = kdmri_mask(args.organ, args.acceleration)
+    facts = mask_facts(mask, KDMRI_MASKS[args.organ]["axis"], acceleration=args.acceleration)
+    with atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, mask)
+    print(f"stand-in KD-MRI mask {args.organ} {args.acceleration}x: {mask.shape} {mask.dtype}, "
+          f"{facts['sampled_lines']} sampled lines, {facts['centre_lines']} centre lines -> {args.out}")
+
+
 def cmd_evaluate(args) -> None:
     from medkd.evaluate import evaluate
 
@@ -506,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sp.add_argument("--splits", metavar="NAME[,NAME...]",
                             help="split or subset names whose cases are cached (default: train,val)")
+
+    sp = add("standin-mask", cmd_standin_mask, "a stand-in of a KD-MRI shipped line mask (rehearsals)")
+    sp.add_argument("--organ", required=True, help="cardiac | mrbrain | knee")
+    sp.add_argument("--acceleration", type=int, required=True)
+    sp.add_argument("--out", required=True)
 
     sp = add("evaluate", cmd_evaluate, "per-case metrics CSV of a predictions file")
     for a in ("--predictions", "--model-dir", "--store", "--split", "--out"):

@@ -325,14 +325,33 @@ def config_digest(cfg: dict) -> str:
 
 
 def experiment_seeds(cfg: dict, exp: str) -> list[int]:
-    """Seeds of ``exp``: its own list, or the config's default list."""
-    return list(cfg["experiments"][exp].get("seeds") or cfg["seeds"])
+    """Seeds of ``exp``: its own list, or the config's default list (a rehearsal: the first ``seeds`` of it)."""
+    seeds = list(cfg["experiments"][exp].get("seeds") or cfg["seeds"])
+    if cfg.get("rehearsal"):
+        seeds = seeds[: cfg["rehearsal"]["seeds"]]
+    return seeds
+
+
+def rehearsed(train: dict, rehearsal: dict | None) -> dict:
+    """A model's ``train`` entry under the config's ``rehearsal`` (unchanged without one): at most
+    ``rehearsal.epochs`` epochs (0 stays 0) of at most ``steps`` optimisation steps, ``val_slices``
+    validation slices; architecture, image size and batch size are untouched."""
+    if not rehearsal:
+        return train
+    out = dict(train)
+    out["epochs"] = min(int(train["epochs"]), int(rehearsal["epochs"]))
+    out["max_steps"] = min(int(train.get("max_steps") or rehearsal["steps"]), int(rehearsal["steps"]))
+    out["max_val_slices"] = min(int(train.get("max_val_slices") or rehearsal["val_slices"]),
+                                int(rehearsal["val_slices"]))
+    return out
 
 
 def model_spec(cfg: dict, exp: str, model: str) -> ModelSpec:
     """The typed, self-contained spec of one model of one experiment (everything a job needs but run
     settings and paths)."""
     e = cfg["experiments"][exp]
+    entry = copy.deepcopy(e["models"][model])
+    entry["train"] = rehearsed(entry["train"], cfg.get("rehearsal"))
     return ModelSpec.from_dict({
         "experiment": exp,
         "model": model,
@@ -340,7 +359,7 @@ def model_spec(cfg: dict, exp: str, model: str) -> ModelSpec:
         "task": e["task"],
         "channels": list(e["channels"]),
         "classes": copy.deepcopy(e.get("classes", {})),
-        **copy.deepcopy(e["models"][model]),
+        **entry,
     })
 
 

@@ -311,6 +311,8 @@ def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_di
             verdicts.to_csv(tmp, index=False)
     wide = wide_table(table, exp_cfg["task"])
     title = f"{exp_name} ({exp_cfg['dataset']}, {exp_cfg['task']})"
+    if exp_cfg.get("rehearsal"):
+        title = f"REHEARSAL on stand-in data, not results: {title}"
     sections = [s for s in (health_section(flags, health_cfg), comparisons_section(comparisons),
                             verdicts_section(verdicts)) if s]
     with atomic_path(out["md"]) as tmp:

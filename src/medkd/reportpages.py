@@ -466,7 +466,15 @@ def write_overview(cfg: dict, config_files: list[str], all_csv, model_dirs: list
     if starts and ends:
         what.append(("training", f"{len(summaries)} training jobs, {_duration(train_sum)} of training epochs in total, "
                                  f"between {_iso(min(starts))} and {_iso(max(ends))}"))
-    body = ["<p>This report was built by <code>make report</code> from the files of a finished run. Each experiment "
+    banner = []
+    if cfg.get("rehearsal"):
+        r = cfg["rehearsal"]
+        banner = [f"<p id=\"rehearsal-banner\" style=\"background:#fde68a;padding:8px;font-weight:bold\">REHEARSAL "
+                  f"on generated stand-in data, not results: every model at its paper size, image shape and batch "
+                  f"size, trained {r.get('epochs')} epoch(s) of at most {r.get('steps')} steps, {r.get('seeds')} "
+                  f"seed(s). It shows that the paper config runs end to end and what each job needs "
+                  f"(results/rehearsal/resources.csv); no number here says anything about the papers.</p>"]
+    body = banner + ["<p>This report was built by <code>make report</code> from the files of a finished run. Each experiment "
             "is a category of the menu (experiment table, paper layout, figures with the qualitative panels, one "
             "card per model); <b>Overview</b> holds every paper number with its verdict and all.csv.</p>",
             "<h2>What ran</h2>",

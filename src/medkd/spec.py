@@ -172,13 +172,16 @@ class TrainSpec(_Spec):
     optimizer: OptimizerSpec
     scheduler: SchedulerSpec
     select: SelectSpec
+    max_steps: int | None = None  # optimisation steps per epoch at most (a rehearsal); None: every batch
+    max_val_slices: int | None = None  # validate on the first N slices only (a rehearsal); None: all
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "TrainSpec":
         return cls(epochs=int(d["epochs"]), batch_size=int(d["batch_size"]), subset=d["subset"],
                    val_split=d["val_split"], drop_last=bool(d["drop_last"]), precision=d["precision"],
                    optimizer=OptimizerSpec.from_dict(d["optimizer"]),
-                   scheduler=SchedulerSpec.from_dict(d["scheduler"]), select=SelectSpec.from_dict(d["select"]))
+                   scheduler=SchedulerSpec.from_dict(d["scheduler"]), select=SelectSpec.from_dict(d["select"]),
+                   max_steps=d.get("max_steps"), max_val_slices=d.get("max_val_slices"))
 
 
 @dataclass(frozen=True)

@@ -378,6 +378,8 @@ def train_epoch(run: Run, state: TrainState, epoch: int) -> dict:
     perm = torch.randperm(n, generator=state.generator)
     if tcfg.drop_last and n >= bs:
         perm = perm[: n - n % bs]
+    if tcfg.max_steps is not None:  # a rehearsal: the first batches of the same permutation
+        perm = perm[: tcfg.max_steps * bs]
     sums: dict[str, float] = {}
     total_sum, seen = 0.0, 0
     for start in range(0, len(perm), bs):
@@ -427,6 +429,8 @@ def validate(run: Run, epoch: int) -> dict:
     n_classes = spec.n_classes if spec.is_segmentation else 0
     counts = torch.zeros(max(n_classes, 1), 3, dtype=torch.float64)
     loss_sum, sq_err, n_pix, n, bs = 0.0, 0.0, 0, len(data), spec.train.batch_size
+    if spec.train.max_val_slices is not None:  # a rehearsal: the first slices of the split
+        n = min(n, spec.train.max_val_slices)
     term_sums: dict[str, float] = {}
     for start in range(0, n, bs):
         index = torch.arange(start, min(start + bs, n))

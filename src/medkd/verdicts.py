@@ -39,6 +39,11 @@ def value_ci(values: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 
     return math.nan, math.nan, f"no interval: {v['case'].nunique()} case(s) x {v['seed'].nunique()} seed(s)"
 
 
+REHEARSAL_VERDICT = "rehearsal (stand-in data, capped training: no verdict)"
+"""The verdict of every paper number in a rehearsal (config ``rehearsal``): its numbers say the pipeline
+ran at the paper's shapes, nothing about the paper."""
+
+
 def verdict(paper: float, low: float, high: float) -> str:
     """``within CI`` / ``outside CI`` of our interval, or ``no CI (...)`` when there is none."""
     if math.isnan(low) or math.isnan(high):
@@ -49,7 +54,8 @@ def verdict(paper: float, low: float, high: float) -> str:
 def paper_verdicts(exp_name: str, exp_cfg: dict, metrics: pd.DataFrame, table: pd.DataFrame,
                    stats_cfg: dict | None = None) -> pd.DataFrame:
     """One row per ``reference`` entry of the experiment: the paper's value, ours (the table's mean ± sd
-    over seeds), our interval (:func:`value_ci` on the per-case values of every seed) and the verdict."""
+    over seeds), our interval (:func:`value_ci` on the per-case values of every seed) and the verdict
+    (:data:`REHEARSAL_VERDICT` for every row when ``exp_cfg`` carries the config's ``rehearsal``)."""
     scfg = {**_stats.STATS_DEFAULTS, **(stats_cfg or {})}
     rows = []
     for ref in exp_cfg.get("reference", []):
@@ -72,7 +78,8 @@ def paper_verdicts(exp_name: str, exp_cfg: dict, metrics: pd.DataFrame, table: p
         t = trow.iloc[0]
         rows.append({**base, "ours": float(t["mean"]), "sd": float(t["sd"]), "n_cases": int(t["n_cases"]),
                      "n_seeds": int(t["n_seeds"]), "ci_low": low, "ci_high": high, "ci_method": method,
-                     "verdict": verdict(float(ref["value"]), low, high)})
+                     "verdict": REHEARSAL_VERDICT if exp_cfg.get("rehearsal")
+                     else verdict(float(ref["value"]), low, high)})
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 

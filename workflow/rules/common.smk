@@ -182,8 +182,12 @@ def exp_cfg(exp):
 
 def exp_table_spec(exp):
     """The experiment's entry as the table rules receive it: without `resources` (cluster sizes are run
-    settings; changing them re-runs nothing)."""
-    return {k: v for k, v in exp_cfg(exp).items() if k != "resources"}
+    settings; changing them re-runs nothing); with the config's `rehearsal` in a rehearsal (the tables then
+    say so and give no verdict)."""
+    out = {k: v for k, v in exp_cfg(exp).items() if k != "resources"}
+    if CFG.get("rehearsal"):
+        out["rehearsal"] = CFG["rehearsal"]
+    return out
 
 
 def exp_dataset(exp):
@@ -446,6 +450,7 @@ def run_summary():
         "seeds": CFG.get("seeds", []),
         "device": CFG.get("device", ""),
         "config_hash": spec_hash(CFG),
+        "rehearsal": CFG.get("rehearsal"),
         "experiments": {
             e: {
                 "paper": c.get("paper", ""),

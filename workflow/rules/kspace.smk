@@ -26,3 +26,25 @@ rule undersample:
     shell:
         "{params.medkd} undersample --mask-spec {params.spec:q} --store {input.store}"
         " --out {output.kspace} --threads {threads} > {log} 2>&1"
+
+
+# A rehearsal (standin_data: true) generates the masks KD-MRI ships, which a user places by hand under
+# data/kdmri_masks/ (not redistributed): same shape, dtype, line axis and number of sampled lines.
+if CFG["standin_data"]:
+
+    rule standin_mask:
+        output:
+            mask="data/kdmri_masks/{organ}/mask_{acc}x.npy",
+        log:
+            "results/logs/standin_mask/{organ}/{acc}.log",
+        wildcard_constraints:
+            organ="cardiac|mrbrain|knee",
+            acc=r"\d+",
+        conda:
+            "../../envs/training.yaml"
+        params:
+            medkd=MEDKD,
+            code=code("standin-mask"),
+        shell:
+            "{params.medkd} standin-mask --organ {wildcards.organ} --acceleration {wildcards.acc}"
+            " --out {output.mask} --threads {threads} > {log} 2>&1"

@@ -640,3 +640,46 @@ def hecktor(folder: Path, rng: np.random.Generator) -> dict[str, int]:
                 "HPV status", "Surgery", "Chemotherapy", "Progression", "Progression free survival"], info)
     n = len(_HECKTOR_IDS)
     return {"hecktor_nii/*_ct.nii.gz": n, "hecktor_nii/*_pt.nii.gz": n, "hecktor_nii/*_gtvt.nii.gz": n}
+
+
+# ------------------------------------------------------------------------------------------ KD-MRI's masks
+
+KDMRI_MASKS: dict[str, dict] = {
+    # organ: mask shape, line axis, dtype, sampled lines per acceleration (the counts of the shipped masks,
+    # docs/sources.md 3.1); KD-MRI's masks are un-centred with 10 centre lines around DC
+    "cardiac": {"shape": (150, 150), "axis": 0, "dtype": "float64", "lines": {4: 37, 5: 30, 8: 18}},
+    "mrbrain": {"shape": (240, 240), "axis": 0, "dtype": "float64", "lines": {4: 60, 5: 48, 8: 30}},
+    "knee": {"shape": (640, 368), "axis": 1, "dtype": "float32", "lines": {4: 94, 5: 74, 8: 50}},
+}
+"""The line masks KD-MRI ships (``us_masks/<organ>/mask_<acc>x.npy``), which the paper config reads from
+``data/kdmri_masks/`` (placed by hand, not redistributed): shape, line axis, dtype and number of sampled lines."""
+
+KDMRI_CENTRE_LINES = 10
+
+
+def kdmri_mask(organ: str, acceleration: int, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """A stand-in of KD-MRI's shipped mask of ``organ`` at ``acceleration``: same shape, dtype, line axis and
+    number of sampled lines, un-centred (the 10 centre lines are indices 0-4 and n-5..n-1), the other lines
+    drawn uniformly without replacement (seeded).
+
+    Raises:
+        ValueError: an organ or acceleration KD-MRI ships no mask for.
+    """
+    if organ not in KDMRI_MASKS or int(acceleration) not in KDMRI_MASKS[organ]["lines"]:
+        raise ValueError(f"KD-MRI ships no mask for {organ!r} at {acceleration}x; it ships "
+                         f"{ {o: sorted(m['lines']) for o, m in KDMRI_MASKS.items()} }")
+    info = KDMRI_MASKS[organ]
+    n = info["shape"][info["axis"]]
+    half = KDMRI_CENTRE_LINES // 2
+    centre = np.r_[0:half, n - half:n]
+    rest = np.setdiff1d(np.arange(n), centre)
+    rng = np.random.default_rng([int(seed), _stable(f"{organ}:{acceleration}")])
+    picked = rng.choice(rest, size=info["lines"][int(acceleration)] - len(centre), replace=False)
+    lines = np.zeros(n, dtype=bool)
+    lines[np.r_[centre, picked]] = True
+    mask = np.zeros(info["shape"], dtype=info["dtype"])
+    if info["axis"] == 0:
+        mask[lines, :] = 1
+    else:
+        mask[:, lines] = 1
+    return mask
