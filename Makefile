@@ -83,8 +83,8 @@ REHEARSAL_DIR ?= results/rehearsal
 REHEARSAL_TARGET ?= all
 rehearse: $(STAMP)
 	@mkdir -p $(REHEARSAL_DIR); start=$$(date +%s); \
-	$(BIN)/snakemake -s $(CURDIR)/Snakefile --directory $(REHEARSAL_DIR) --cores $(CORES) --keep-going \
-	  --configfile $(CURDIR)/config/paper.yaml $(CURDIR)/config/rehearsal.yaml $(REHEARSAL_TARGET); rc=$$?; \
+	$(BIN)/snakemake $(REHEARSAL_TARGET) -s $(CURDIR)/Snakefile --directory $(REHEARSAL_DIR) --cores $(CORES) \
+	  --keep-going --configfile $(CURDIR)/config/paper.yaml $(CURDIR)/config/rehearsal.yaml; rc=$$?; \
 	end=$$(date +%s); \
 	$(BIN)/python -m medkd rehearsal-resources --run-dir $(REHEARSAL_DIR) --out $(REHEARSAL_DIR)/resources.csv \
 	  --wall-seconds $$(( end - start )) || exit $$?; \

@@ -39,7 +39,7 @@ def _run_settings(args):
 
 def _data_memory_mb(args) -> float:
     """``--data-memory-mb``, or the default of medkd.datasets (imported only by the steps that load data)."""
-    from medkd.datasets import DEFAULT_DATA_MEMORY_MB
+    from medkd.resources import DEFAULT_DATA_MEMORY_MB
 
     return DEFAULT_DATA_MEMORY_MB if args.data_memory_mb is None else args.data_memory_mb
 
@@ -109,6 +109,10 @@ def cmd_fetch(args) -> None:
     from medkd.data.sources.fetch import fetch_dataset
     from medkd.data.sources.spec import load_datasets_yaml
 
+    if args.datasets_yaml is None:  # the repository's, whatever the working directory (snakemake --directory)
+        from medkd.config import REPO_ROOT
+
+        args.datasets_yaml = str(REPO_ROOT / "config" / "datasets.yaml")
     specs = load_datasets_yaml(args.datasets_yaml)
     source = ds.get("source", args.dataset)
     if source not in specs:
@@ -258,6 +262,17 @@ def cmd_infer(args) -> None:
     _check_model_inputs(args.model_dir, args.store)
     print(json.dumps(predict(args.model_dir, args.store, args.split, args.out, split_name=args.split_name,
                              settings=_run_settings(args))))
+
+
+def cmd_rehearsal_resources(args) -> None:
+    from medkd import rehearsal
+
+    rows = rehearsal.collect(args.run_dir)
+    if not rows:
+        raise ValueError(f"{args.run_dir}: no finished job logs under results/logs (did the rehearsal run?)")
+    rehearsal.write(rows, args.out)
+    print(rehearsal.summary(rows, args.wall_seconds))
+    print(f"{len(rows)} jobs -> {args.out}")
 
 
 def cmd_standin_mask(args) -> None:
@@ -454,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add_data_memory(sp):
         sp.add_argument("--data-memory-mb", type=float, default=None,
                         help="run setting: MB of slice data held in memory; larger splits and caches are read "
-                             "from their stores batch by batch (default medkd.datasets.DEFAULT_DATA_MEMORY_MB)")
+                             "from their stores batch by batch (default medkd.resources.DEFAULT_DATA_MEMORY_MB)")
 
     def add_spec(sp):
         g = sp.add_mutually_exclusive_group(required=True)
@@ -465,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--dataset-spec", required=True, help="the dataset's config entry as JSON")
     sp.add_argument("--out", required=True, help="data/<dataset>")
-    sp.add_argument("--datasets-yaml", default="config/datasets.yaml")
+    sp.add_argument("--datasets-yaml", default=None, help="default: the repository's config/datasets.yaml")
 
     sp = add("convert", cmd_convert, "NIfTI (MSD layout) -> slice store HDF5 + fingerprint JSON")
     for a in ("--dataset", "--convert-spec", "--src", "--out", "--fingerprint"):
@@ -521,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sp.add_argument("--splits", metavar="NAME[,NAME...]",
                             help="split or subset names whose cases are cached (default: train,val)")
+
+    sp = add("rehearsal-resources", cmd_rehearsal_resources,
+             "per job of a rehearsal: wall time, peak RSS, step time (resources.csv) and a summary")
+    sp.add_argument("--run-dir", required=True, help="the rehearsal's working directory (results/rehearsal)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--wall-seconds", type=float, default=None, help="the whole run's wall time, for the summary")
 
     sp = add("standin-mask", cmd_standin_mask, "a stand-in of a KD-MRI shipped line mask (rehearsals)")
     sp.add_argument("--organ", required=True, help="cardiac | mrbrain | knee")

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medkd.resources import DEFAULT_DATA_MEMORY_MB  # the run setting's default lives with the job sizes
+
 if TYPE_CHECKING:
     import torch
 
@@ -62,9 +64,6 @@ def map_labels(label: np.ndarray, classes: dict[str, list[int]], where: str = ""
     return mapped
 
 
-DEFAULT_DATA_MEMORY_MB = 4096
-"""Default of the run setting ``data_memory_mb``: MB of slice data (images, targets, k-space, teacher caches)
-one job may hold in memory; larger splits are streamed."""
 
 
 class DataBudget:

@@ -52,7 +52,9 @@ DEFAULT_RUNTIME = {"convert": 240, "undersample": 120, "train": 720, "cache": 60
 # MB a job needs before its data: interpreter, torch, and for GPU jobs the CUDA context's host memory
 BASE_MB = {"cpu": 2000, "gpu": 6000}
 DEFAULT_MB = {"convert": 4000, "undersample": 4000}  # hold one raw volume at a time: no data scaling
-DATA_MEMORY_MB = 4096  # default of the run setting data_memory_mb: the data engine's in-memory budget per job
+DEFAULT_DATA_MEMORY_MB = 4096
+"""Default of the run setting ``data_memory_mb``: MB of slice data (images, targets, k-space, teacher caches) one
+job may hold in memory (:class:`medkd.datasets.DataBudget`); larger splits and caches are streamed from disk."""
 GPU_HOST_MB = BASE_MB["gpu"] - BASE_MB["cpu"]  # host memory of the CUDA context, on top of a CPU measurement
 # the config's `sizing` block when a caller passes a config without it (the schema holds the same defaults)
 SIZING_DEFAULTS = {"measured": None, "memory_margin": 1.5, "runtime_margin": 1.5, "startup_min": 10}
@@ -151,7 +153,7 @@ def default_mem_mb(cfg: Mapping, rule: str, exp: str | None = None, fingerprint:
     base = BASE_MB["gpu" if uses_gpu(cfg, rule) else "cpu"]
     exp_cfg = cfg["experiments"][exp] if exp is not None else None
     extra = data_mb(fingerprint, exp_cfg, rule) if fingerprint is not None else 0.0
-    extra = min(extra, float(cfg.get("data_memory_mb", DATA_MEMORY_MB)))
+    extra = min(extra, float(cfg.get("data_memory_mb", DEFAULT_DATA_MEMORY_MB)))
     return _ceil_to(base + extra, 100)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from medkd.datasets import DEFAULT_DATA_MEMORY_MB
+from medkd.resources import DEFAULT_DATA_MEMORY_MB
 from medkd.io import read_json
 from medkd.models import build_model
 from medkd.spec import ModelSpec

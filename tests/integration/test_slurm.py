@@ -223,3 +223,50 @@ def test_interrupted_client_restarts_with_the_same_numbers(slurm, tmp_path, requ
     assert second.returncode == 0, _failure(out, wd)
     assert "rule_train" in out  # the interrupted training was submitted again
     _assert_same_numbers(tiny_workflow / "results" / "tables" / "all.csv", wd / "results" / "tables" / "all.csv")
+
+
+# One paper experiment of each of the five papers, rehearsed through SLURM (config/rehearsal.yaml over
+# config/paper.yaml): stand-in data in the real layouts, every model at its paper size, image shape and batch
+# size, one optimisation step. The cheapest experiment of each paper (results/rehearsal/resources.csv).
+REHEARSED = ("kdmri_acdc_4x", "mtms_spleen_honest", "pcd_busi_honest", "teachformer_hecktor", "brats_kd")
+
+
+def test_paper_rehearsal_of_each_paper_through_slurm(slurm, tmp_path):
+    from medkd import rehearsal
+
+    wd = copy_repo(tmp_path / "repo")
+    targets = [f"results/tables/{e}.csv" for e in REHEARSED]
+    cmd = [str(VENV_BIN / "snakemake"), *targets, "--verbose", "--profile", "profiles/slurm-local",
+           "--workflow-profile", "profiles/slurm", "--configfile", "config/paper.yaml", "config/rehearsal.yaml"]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=wd, env=slurm["env"], capture_output=True, text=True, timeout=3600,
+                          stdin=subprocess.DEVNULL)
+    seconds = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, _failure(out, wd)
+    calls = _sbatch_calls(out)
+    rows = rehearsal.collect(wd)
+    per_rule = {}
+    for r in rows:
+        per_rule[r["rule"]] = per_rule.get(r["rule"], 0) + 1
+    print(f"rehearsal of {', '.join(REHEARSED)} through SLURM: {seconds / 60:.1f} min, "
+          f"{sum(len(c) for c in calls.values())} sbatch jobs; jobs per rule {per_rule}")
+    # every network job went through sbatch to the GPU partition, and each experiment trained all its models
+    for rule in ("train", "infer", "evaluate", "convert"):
+        assert len(calls.get(rule, [])) == per_rule.get(rule), (rule, per_rule)
+    for call in calls["train"] + calls["infer"]:
+        assert " -p gpu" in call and "--gpus=1" in call, call
+    from medkd.config import load_config
+
+    cfg = load_config(str(wd / "config" / "paper.yaml"))
+    for exp in REHEARSED:
+        trained = {r["model"] for r in rows if r["rule"] == "train" and r["experiment"] == exp}
+        assert trained == set(cfg["experiments"][exp]["models"]), exp
+        table = (wd / "results" / "tables" / f"{exp}.md").read_text()
+        assert "REHEARSAL on stand-in data" in table.splitlines()[0], table[:300]
+        verdicts = pd.read_csv(wd / "results" / "tables" / f"{exp}_verdicts.csv")
+        assert verdicts.empty or verdicts["verdict"].str.startswith("rehearsal").all(), verdicts["verdict"]
+        fingerprint = (wd / "results" / "slices" / f"{cfg['experiments'][exp]['dataset']}.json").read_text()
+        assert '"standin": true' in fingerprint
+    # the largest jobs at full shape: a train step of every rehearsed model was measured
+    assert all(r["step_s"] and r["step_s"] > 0 for r in rows if r["rule"] == "train" and r["steps"])

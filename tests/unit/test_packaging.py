@@ -57,7 +57,7 @@ def _rules() -> dict[str, str]:
     """rule name -> the conda env its rule file names."""
     out = {}
     for path in sorted((REPO_ROOT / "workflow" / "rules").glob("*.smk")):
-        for block in re.split(r"(?m)^rule ", path.read_text())[1:]:
+        for block in re.split(r"(?m)^\s*rule ", path.read_text())[1:]:  # indented: a rule under an `if`
             name = block.split(":", 1)[0]
             env = re.search(r'conda:\n\s+"\.\./\.\./envs/(\w+)\.yaml"', block)
             out[name] = env.group(1) if env else None
