@@ -69,7 +69,7 @@ def test_main_reruns_every_step(src):
 @pytest.mark.parametrize("old,new,expected", [
     ('sp.add_argument("--logit-threshold", type=float, default=0.0', 'sp.add_argument("--logit-threshold", type=float, default=0.5', {"evaluate"}),
     ('sp.add_argument("--split-name", default="test")', 'sp.add_argument("--split-name", default="val")', {"infer"}),
-    ('sp.add_argument("--datasets-yaml", default="config/datasets.yaml")', 'sp.add_argument("--datasets-yaml", default="datasets.yaml")', {"fetch"}),
+    ('sp.add_argument("--datasets-yaml", default=None,', 'sp.add_argument("--datasets-yaml", default="datasets.yaml",', {"fetch"}),
 ])
 def test_an_argparse_default_reruns_its_step_only(src, old, new, expected):
     before = _hashes()
