@@ -13,6 +13,7 @@ two-class teachers and vice versa.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -22,6 +23,8 @@ from medkd.distill import LOSSES, LossTerm
 from medkd.distill.hinton import soft_kl
 
 SCORE_MODES = ("proportional", "softmax", "uniform")
+
+log = logging.getLogger(__name__)
 
 
 def normalise_weights(weights: Sequence[float] | str, n_teachers: int) -> list[float]:
@@ -60,7 +63,8 @@ def teacher_weights_from_scores(scores: Sequence[float], mode: str = "proportion
 
     Args:
         scores: one score per teacher, higher is better.
-        mode: ``"proportional"``: ``w_i = s_i / sum s`` (scores must be non-negative, not all zero);
+        mode: ``"proportional"``: ``w_i = s_i / sum s`` (scores must be non-negative; all zero: equal
+            weights, with a warning, the limit for equal scores);
             ``"softmax"``: ``w_i = exp(s_i / temperature) / sum_j exp(s_j / temperature)``;
             ``"uniform"``: ``1 / n`` regardless of the scores.
         temperature: softmax temperature (> 0); small values favour the best teacher.
@@ -70,7 +74,7 @@ def teacher_weights_from_scores(scores: Sequence[float], mode: str = "proportion
 
     Raises:
         ValueError: empty or non-finite scores, unknown mode, non-positive temperature, or (proportional)
-            negative / all-zero scores.
+            negative scores.
     """
     values = [float(s) for s in scores]
     if not values:
@@ -80,6 +84,11 @@ def teacher_weights_from_scores(scores: Sequence[float], mode: str = "proportion
     if mode == "uniform":
         return normalise_weights("uniform", len(values))
     if mode == "proportional":
+        if values and all(v == 0 for v in values):
+            # every teacher scored 0 (e.g. a rehearsal's one-step teachers): none is better than another, the
+            # limit of s_i / sum s for equal scores
+            log.warning("every teacher scored 0 on validation: equal teacher weights")
+            return normalise_weights("uniform", len(values))
         return normalise_weights(values, len(values))
     if mode == "softmax":
         if temperature <= 0:
