@@ -27,6 +27,9 @@ PAPER_PARAMS = {
     "dccnn_teacher": 141_765, "dccnn_student": 49_285, "vdsr_teacher": 333_569, "vdsr_student": 185_857,
     "pcd_unet": 17_267_458, "brats_teacher": 8_639_778, "brats_student": 605_645, "identity": 0,
 }  # brats_student: 608,589 in Keras counting, of which 2,944 BN statistics are buffers in PyTorch
+# H-DenseFormer (hdenseformer_2d) by input side: the counts of the authors' HDenseFormer_2D_32 at these inputs
+# (docs/sources.md 4.1); only its position embeddings depend on the size
+HDENSEFORMER_PARAMS = {144: 4_181_192, 256: 5_074_152}
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +133,9 @@ def test_models_losses_and_taps_build(paper_cfg):
             if m["arch"] in PAPER_PARAMS:
                 assert count_parameters(model) == PAPER_PARAMS[m["arch"]], (exp_name, name)
                 checked.add(m["arch"])
+            if m["arch"] == "hdenseformer_2d":
+                assert count_parameters(model) == HDENSEFORMER_PARAMS[m["arch_kwargs"]["img_size"]], (exp_name, name)
+                checked.add(m["arch"])
         for name, m in exp["models"].items():
             modules = dict(built[name].named_modules())
             spec = model_spec(paper_cfg, exp_name, name)
@@ -145,7 +151,7 @@ def test_models_losses_and_taps_build(paper_cfg):
                     assert tap.startswith(("cache:", "out")) or tap in tmods, (exp_name, name, teacher, tap)
             if m["train"]["val_split"] not in ("val",):  # a cached teacher only covers train + val
                 assert not spec.cached_teachers(), (exp_name, name)
-    assert set(PAPER_PARAMS) - {"identity"} <= checked
+    assert set(PAPER_PARAMS) - {"identity"} | {"hdenseformer_2d"} <= checked
 
 
 # ------------------------------------------------------------------------------------------ Snakemake
