@@ -207,10 +207,22 @@ class RuleSize:
                 self.gpu_hours += n * size.need_runtime / 60
 
 
+def workflow_submissions(profile: Path = Path(__file__).resolve().parents[2] / "profiles" / "slurm" / "profile.yaml") -> int:
+    """1 + the ``retries`` of medkd's SLURM workflow profile: how often a training job that hits its time limit
+    is submitted again (resuming from last.pt)."""
+    import yaml
+
+    try:
+        return 1 + int((yaml.safe_load(profile.read_text()) or {}).get("retries", 0))
+    except OSError:
+        return 1
+
+
 def size_jobs(plan: "Plan", cfg: Mapping, measured: Mapping | None, partitions: list | None) -> None:
     """Fill ``plan.rule_sizes`` (and ``plan.errors``) with every cluster job's size."""
     exps = cfg["experiments"]
     threads = int(cfg.get("threads", 1))
+    submissions = workflow_submissions()
 
     def fingerprint(ds: str) -> dict:  # the estimate's counts where the store's fingerprint is not there yet
         return {"n_slices": plan.sizes[ds].slices, "convert": {"size": cfg["datasets"][ds]["convert"].get("size",
@@ -218,7 +230,7 @@ def size_jobs(plan: "Plan", cfg: Mapping, measured: Mapping | None, partitions: 
 
     def add(group: str, rule: str, n: int, **kw) -> None:
         try:
-            sz = resources.size(cfg, rule, measured=measured, partitions=partitions, **kw)
+            sz = resources.size(cfg, rule, measured=measured, partitions=partitions, submissions=submissions, **kw)
         except resources.SizingError as exc:
             plan.errors.append(str(exc))
             return
@@ -350,7 +362,8 @@ def make_plan(cfg: Mapping, config_name: str = "config", results: str | Path = "
         try:
             row.runtime_min = resources.size(cfg, "train", row.experiment, row.model, measured=meas, partitions=parts,
                                              dataset_size=(size.cases, size.slices),
-                                             threads=int(cfg.get("threads", 1))).runtime
+                                             threads=int(cfg.get("threads", 1)),
+                                             submissions=workflow_submissions()).runtime
         except resources.SizingError:
             pass  # listed in plan.errors
     return plan

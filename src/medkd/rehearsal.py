@@ -52,11 +52,17 @@ def _h5_slices(path: Path, key: str) -> int | None:
 
 
 def _training(model_dir: Path) -> dict:
+    """Batch size (the spec in config.json), device (env.json: CUDA, else cpu), parameters (summary.json) and,
+    from epochs.jsonl, the optimisation steps, mean seconds per step and slices trained on."""
     out: dict = {}
-    summary = model_dir / "summary.json"
+    summary, config, env = model_dir / "summary.json", model_dir / "config.json", model_dir / "env.json"
     if summary.is_file():
-        s = json.loads(summary.read_text())
-        out.update(batch_size=s.get("batch_size"), device=s.get("device", ""), params=s.get("params"))
+        out["params"] = json.loads(summary.read_text()).get("params")
+    if config.is_file():
+        out["batch_size"] = json.loads(config.read_text())["spec"]["train"]["batch_size"]
+    if env.is_file():
+        cuda = json.loads(env.read_text()).get("cuda")
+        out["device"] = "cuda" if isinstance(cuda, dict) and cuda.get("device") else "cpu"
     epochs = model_dir / "epochs.jsonl"
     if epochs.is_file() and out.get("batch_size"):
         seconds, steps, slices = 0.0, 0, 0
@@ -80,11 +86,11 @@ def collect(run_dir: str | Path) -> list[dict]:
     for log in sorted(logs.rglob("*.log")):
         rel = log.relative_to(logs).with_suffix("").parts
         done = _done_line(log)
-        if done is None or len(rel) < 2:
+        if done is None:
             continue
-        rule = rel[0]
-        row = {"rule": rule, "experiment": rel[1], "model": "", "seed": "", "wall_s": done[0], "peak_rss_mb": done[1],
-               "log": str(log.relative_to(run_dir))}
+        rule = rel[0]  # results/logs/<rule>.log for the run-wide rules (collect, overview, ...)
+        row = {"rule": rule, "experiment": rel[1] if len(rel) > 1 else "", "model": "", "seed": "", "wall_s": done[0],
+               "peak_rss_mb": done[1], "log": str(log.relative_to(run_dir))}
         if rule in PER_MODEL and len(rel) == 4 and rel[3].startswith("seed"):
             exp, model, seed = rel[1], rel[2], rel[3][4:]
             row.update(experiment=exp, model=model, seed=seed)

@@ -278,8 +278,13 @@ class JobSize:
 def size(cfg: Mapping, rule: str, exp: str | None = None, model: str | None = None, attempt: int = 1, *,
          fingerprint: Mapping | None = None, measured: Mapping | None = None,
          partitions: Sequence[_partitions.Partition] | None = None, dataset_size: tuple[float, float] | None = None,
-         threads: int = 1, dataset: str | None = None, job: str | None = None) -> JobSize:
+         threads: int = 1, dataset: str | None = None, job: str | None = None, submissions: int = 1) -> JobSize:
     """``runtime`` and ``mem_mb`` of one job (module docstring), bounded by ``partitions``.
+
+    ``submissions``: how many times Snakemake may submit one job (1 + its ``retries``). A training job that hits
+    its time limit resumes from ``last.pt`` on the next submission, so its time need may span that many
+    submissions of the longest partition's limit (it then asks for that limit each time); other rules must fit
+    one submission.
 
     ``measured``: :func:`read_measured`'s mapping; ``dataset_size``: (cases, slices) of the experiment's
     dataset (fingerprint or estimate) for a measured training runtime; ``threads``: the job's CPUs (the plugin
@@ -322,22 +327,26 @@ def size(cfg: Mapping, rule: str, exp: str | None = None, model: str | None = No
     landed = None
     if partitions:
         rt, mem, landed = _bound(list(partitions), rt, mem, need_rt, need_mem, g, threads,
-                                 job or " ".join(x for x in (rule, exp, model) if x))
+                                 job or " ".join(x for x in (rule, exp, model) if x),
+                                 max(1, int(submissions)) if rule == "train" else 1)
     return JobSize(int(math.ceil(rt)), int(math.ceil(mem)), need_rt, need_mem, f"{basis_rt}/{basis_mem}",
                    landed, g)
 
 
 def _bound(parts: list, rt: float, mem: float, need_rt: float, need_mem: float, g: int, threads: int,
-           job: str) -> tuple[float, float, Optional[str]]:
-    """Clamp a request to the partitions that can take the job's need; the partition the plugin then picks."""
+           job: str, submissions: int = 1) -> tuple[float, float, Optional[str]]:
+    """Clamp a request to the partitions that can take the job's need (its time over at most ``submissions``
+    submissions of a partition's limit); the partition the plugin then picks."""
     eligible = [p for p in parts if _partitions.score(p, 0, 0, g, threads) is not None]
-    fits = [p for p in eligible if need_rt <= p.max_runtime and need_mem <= p.max_mem_mb]
+    fits = [p for p in eligible if need_rt <= p.max_runtime * submissions and need_mem <= p.max_mem_mb]
     if not g:  # a CPU job stays off the GPU partitions while a CPU partition takes it
         fits = [p for p in fits if p.max_gpu == 0] or fits
     if not fits:
         what = "a GPU, " if g else ""
         raise SizingError(
-            f"medkd: job `{job}` needs {what}{need_rt:,.0f} min and {need_mem:,.0f} MB ({threads} CPU"
+            f"medkd: job `{job}` needs {what}{need_rt:,.0f} min"
+            f"{f' (over at most {submissions} submissions, resuming from last.pt)' if submissions > 1 else ''}"
+            f" and {need_mem:,.0f} MB ({threads} CPU"
             f"{'s' if threads != 1 else ''}), more than any partition {'with GPUs ' if g else ''}of the site "
             f"takes: {'; '.join(p.describe() for p in parts)}. Give it less (its `resources:` in the config, "
             f"a smaller model or batch) or add a partition that can take it to the site's partition file.")

@@ -24,7 +24,9 @@ def test_resources_rows_from_logs_and_model_dirs(tmp_path):
     _log(logs / "infer" / "e" / "m" / "seed0.log", ["2026 ERROR medkd: infer failed: boom"])  # no "done": left out
     model = tmp_path / "results" / "e" / "models" / "m" / "seed0"
     model.mkdir(parents=True)
-    (model / "summary.json").write_text(json.dumps({"batch_size": 8, "device": "cpu", "params": 1234}))
+    (model / "summary.json").write_text(json.dumps({"params": 1234}))
+    (model / "config.json").write_text(json.dumps({"spec": {"train": {"batch_size": 8}}, "seed": 0}))
+    (model / "env.json").write_text(json.dumps({"cuda": None}))
     # two epochs: 16 slices in 4.0 s (2 steps of 8), then 12 slices in 2.0 s (2 steps: 8 + 4)
     (model / "epochs.jsonl").write_text(json.dumps({"train_seconds": 4.0, "slices_per_second": 4.0}) + "\n"
                                         + json.dumps({"train_seconds": 2.0, "slices_per_second": 6.0}) + "\n")
@@ -33,6 +35,7 @@ def test_resources_rows_from_logs_and_model_dirs(tmp_path):
     train = rows[1]
     assert (train["model"], train["seed"], train["wall_s"], train["peak_rss_mb"]) == ("m", "0", 12.5, 3120)
     assert (train["steps"], train["step_s"], train["slices"], train["batch_size"], train["params"]) == (4, 1.5, 28, 8, 1234)
+    assert train["device"] == "cpu"
     out = tmp_path / "resources.csv"
     rehearsal.write(rows, out)
     got = list(csv.DictReader(out.open()))

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from functools import lru_cache  # noqa: E402
 
+from medkd import plan as _plan  # noqa: E402
 from medkd import resources as _resources  # noqa: E402
 from medkd.codehash import code_hash  # noqa: E402
 from medkd.config import (  # noqa: E402
@@ -327,6 +328,11 @@ def _site_partitions():
 
 
 MEASURED = _measured_sizes()
+# how often one job is submitted: 1 + the `retries` of medkd's SLURM workflow profile (profiles/slurm); a training
+# job that hits its time limit resumes from last.pt on the next submission
+SUBMISSIONS = _plan.workflow_submissions(
+    REPO_DIR / "profiles" / "slurm" / "profile.yaml"
+)
 PARTITIONS = _site_partitions()
 
 
@@ -392,6 +398,7 @@ def job_resources(rule_name):
             threads=threads,
             dataset=dataset,
             job=f"{rule_name} " + ", ".join(f"{k}={v}" for k, v in wildcards.items()),
+            submissions=SUBMISSIONS,
         )
 
     def mem_mb(wildcards, input, attempt, threads):
