@@ -9,7 +9,7 @@ device from ``summary.json``) and the slices each network job processed, and wri
 columns :data:`COLUMNS` that :func:`medkd.resources.read_measured` reads to size the SLURM jobs.
 
 Columns: ``experiment`` (the dataset for ``convert``/``undersample``/``fetch_source``), ``rule``, ``model``,
-``seed``, ``wall_s`` (the step's own wall time, without the interpreter start-up), ``peak_rss_mb`` (MiB),
+``seed``, ``wall_s`` (the step's own wall time, without the interpreter start-up), ``peak_rss_mb`` (MB, 10^6 bytes),
 ``steps`` and ``step_s`` (train only: optimisation steps and mean seconds per step, the first step with its
 warm-up included), ``slices`` (slices trained on, or predicted / cached / scored), ``batch_size``, ``device``,
 ``params`` (trainable and frozen parameters of the model).
@@ -31,13 +31,14 @@ PER_MODEL = ("train", "cache", "infer", "evaluate", "robustness")
 
 
 def _done_line(log: Path) -> tuple[float, int] | None:
-    """(wall seconds, peak RSS MiB) of the last "done in" line of a job log, or None (a failed job)."""
+    """(wall seconds, peak RSS in MB) of the last "done in" line of a job log (which gives MiB), or None (a
+    failed job). MB (10^6 bytes), the unit of Snakemake's and SLURM's ``mem_mb``."""
     found = None
     with open(log, errors="replace") as fh:
         for line in fh:
             m = DONE.search(line)
             if m:
-                found = (float(m.group(1)), int(m.group(3)))
+                found = (float(m.group(1)), int(math.ceil(int(m.group(3)) * 2**20 / 1e6)))
     return found
 
 
@@ -132,9 +133,9 @@ def summary(rows: list[dict], wall_seconds: float | None = None, top: int = 5) -
 
     lines.append(f"largest {top} by peak RSS:")
     for r in sorted(rows, key=lambda r: -r["peak_rss_mb"])[:top]:
-        lines.append(f"  {r['peak_rss_mb']:>7,} MiB  {r['wall_s']:>8.1f} s  {name(r)}")
+        lines.append(f"  {r['peak_rss_mb']:>7,} MB  {r['wall_s']:>8.1f} s  {name(r)}")
     lines.append(f"longest {top}:")
     for r in sorted(rows, key=lambda r: -r["wall_s"])[:top]:
         step = f", {r['step_s']:.1f} s/step (batch {r['batch_size']})" if r.get("step_s") else ""
-        lines.append(f"  {r['wall_s']:>8.1f} s  {r['peak_rss_mb']:>7,} MiB  {name(r)}{step}")
+        lines.append(f"  {r['wall_s']:>8.1f} s  {r['peak_rss_mb']:>7,} MB  {name(r)}{step}")
     return "\n".join(lines)

@@ -33,20 +33,21 @@ def test_resources_rows_from_logs_and_model_dirs(tmp_path):
     rows = rehearsal.collect(tmp_path)
     assert [(r["rule"], r["experiment"]) for r in rows] == [("convert", "acdc"), ("train", "e")]
     train = rows[1]
-    assert (train["model"], train["seed"], train["wall_s"], train["peak_rss_mb"]) == ("m", "0", 12.5, 3120)
+    # 3120 MiB = 3,271.6 MB, the unit of mem_mb
+    assert (train["model"], train["seed"], train["wall_s"], train["peak_rss_mb"]) == ("m", "0", 12.5, 3272)
     assert (train["steps"], train["step_s"], train["slices"], train["batch_size"], train["params"]) == (4, 1.5, 28, 8, 1234)
     assert train["device"] == "cpu"
     out = tmp_path / "resources.csv"
     rehearsal.write(rows, out)
     got = list(csv.DictReader(out.open()))
-    assert got[0]["peak_rss_mb"] == "410" and got[0]["steps"] == "" and got[1]["step_s"] == "1.5"
+    assert got[0]["peak_rss_mb"] == "430" and got[0]["steps"] == "" and got[1]["step_s"] == "1.5"
     from medkd.resources import read_measured
 
     measured = read_measured(out)  # the file sizes the SLURM jobs: the reader of medkd.resources takes it
-    assert measured[("train", "e", "m")].step_s == 1.5 and measured[("convert", "acdc", "")].peak_rss_mb == 410
+    assert measured[("train", "e", "m")].step_s == 1.5 and measured[("convert", "acdc", "")].peak_rss_mb == 430
     text = rehearsal.summary(rows, 600.0)
     assert "2 jobs finished in 10.0 min" in text and "convert 1, train 1" in text
-    assert text.index("3,120 MiB") < text.index("410 MiB")
+    assert text.index("3,272 MB") < text.index("430 MB")
 
 
 def test_rehearsal_caps_training_keeps_shapes_and_changes_the_hash():
