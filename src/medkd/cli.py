@@ -751,15 +751,33 @@ def record_imports(step: str, folder: str) -> None:
 
 
 def resource_use() -> str:
-    """CPU seconds and peak resident memory of this process and its waited-for children (``getrusage``;
-    Linux counts ``ru_maxrss`` in KiB). A job forked from the fork server counts from its fork: its CPU
-    starts at zero, its RSS includes the preloaded libraries it has touched. Snakemake's benchmark files
-    of local runs measure the fork-server client instead (docs/benchmarks.md), so the log says it."""
+    """CPU seconds and peak resident memory of this process and its waited-for children.
+
+    CPU comes from ``getrusage``. The peak is ``VmHWM`` of ``/proc/self/status`` (Linux: the high-water mark
+    of this process's own address space), not ``ru_maxrss``: Linux carries ``ru_maxrss`` over ``execve``, so a
+    job started by a large parent (pytest, Snakemake) would report at least the parent's resident size, however
+    little it used itself. Children count by their ``ru_maxrss``; without ``/proc`` (not Linux) this process does
+    too (KiB on Linux, bytes on macOS: the figure is then an upper bound). A job forked from the fork server
+    counts from its fork: its CPU starts at zero, its RSS includes the preloaded libraries it has touched.
+    Snakemake's benchmark files of local runs measure the fork-server client instead (docs/benchmarks.md), so
+    the log says it."""
     import resource
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    return f"CPU {cpu:.1f} s, peak RSS {max(me.ru_maxrss, kids.ru_maxrss) / 1024:.0f} MiB"
+    return f"CPU {cpu:.1f} s, peak RSS {max(own_peak_kib(me.ru_maxrss), kids.ru_maxrss) / 1024:.0f} MiB"
+
+
+def own_peak_kib(fallback: int) -> int:
+    """``VmHWM`` of ``/proc/self/status`` in KiB (this process since its exec), or ``fallback`` without it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return fallback
 
 
 if __name__ == "__main__":

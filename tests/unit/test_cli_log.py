@@ -34,3 +34,22 @@ def test_cpu_counts_waited_for_children():
     subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"],
                    check=True)
     assert cpu() - before >= 0.35
+
+
+def test_peak_rss_is_the_jobs_own_not_its_parents():
+    """Linux carries ``ru_maxrss`` over ``execve``: a tiny child of a parent holding 600 MiB reported >= 600 MiB.
+    The done line counts the job's own address space (VmHWM), so the child reports what a bare interpreter
+    holds, and a child that itself touches 300 MiB reports at least that."""
+    code = ("import sys\nx = bytearray(int(sys.argv[1]) * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
+            "from medkd.cli import resource_use\nprint(resource_use())")
+    ballast = bytearray(600 * 2**20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+
+    def child_peak(mib: int) -> int:
+        out = subprocess.run([sys.executable, "-c", code, str(mib)], capture_output=True, text=True, check=True).stdout
+        return int(re.search(r"peak RSS (\d+) MiB", out).group(1))
+
+    assert child_peak(0) < 300, "the parent's 600 MiB were counted"
+    assert 300 <= child_peak(300) < 600
+    del ballast
