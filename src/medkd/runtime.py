@@ -50,7 +50,9 @@ class RunSettings:
     data_memory_mb: float | None = DEFAULT_DATA_MEMORY_MB
 
     def apply(self) -> torch.device:
-        """Set torch's threads and backend switches; return the resolved device."""
+        """Set torch's threads and backend switches and fix the heap's mmap threshold
+        (:func:`fix_mmap_threshold`); return the resolved device."""
+        fix_mmap_threshold()
         torch.set_num_threads(int(self.threads))
         if self.deterministic:
             if self.cudnn_benchmark:
@@ -85,6 +87,36 @@ class RunSettings:
 
     def record(self) -> dict:
         return {**asdict(self), "threads": int(self.threads)}
+
+
+MMAP_THRESHOLD_BYTES = 1 << 20
+"""Allocations of at least this many bytes are served by ``mmap`` (:func:`fix_mmap_threshold`)."""
+
+
+def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Serve every allocation of ``nbytes`` or more by ``mmap``, so that it returns to the OS when freed
+    (glibc's ``mallopt(M_MMAP_THRESHOLD)``, mallopt(3)). Returns whether the threshold was set.
+
+    glibc raises that threshold by itself, up to 32 MiB, each time a large mmapped block is freed; from then on
+    a job that allocates and frees batch-sized tensors case after case serves them from its heap, which
+    fragments and keeps growing. Measured on a cache job over 20 cases of 64 slices (128 x 128, 4 classes,
+    batch 16): peak RSS 301 MiB on a store of 6 slices per case, 422 MiB on the store of 64 (the heap grew 3-5
+    MiB per case), 315 MiB with the threshold fixed at 1 MiB. Setting the threshold turns the dynamic
+    adjustment off. Smaller blocks still come from the heap (mmap per block costs page faults). Only on glibc
+    (``os.confstr("CS_GNU_LIBC_VERSION")``); elsewhere nothing is done. Idempotent: safe in every job and in a
+    job forked from the fork server."""
+    import ctypes
+
+    try:
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return False
+    except (ValueError, OSError, AttributeError):  # not a glibc system
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    try:
+        return bool(ctypes.CDLL(None).mallopt(m_mmap_threshold, int(nbytes)))
+    except (OSError, AttributeError):
+        return False
 
 
 def resolve_device(name: str) -> torch.device:

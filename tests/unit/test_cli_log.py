@@ -53,3 +53,22 @@ def test_peak_rss_is_the_jobs_own_not_its_parents():
     assert child_peak(0) < 300, "the parent's 600 MiB were counted"
     assert 300 <= child_peak(300) < 600
     del ballast
+
+
+def test_the_heap_threshold_is_fixed_on_glibc():
+    """Every network stage fixes glibc's mmap threshold (medkd.runtime.fix_mmap_threshold: freed batch tensors
+    return to the OS instead of fragmenting the heap; tests/integration/test_bounded_memory.py fails without
+    it); elsewhere it says it did nothing."""
+    import os
+
+    import pytest
+
+    from medkd.runtime import fix_mmap_threshold
+
+    try:
+        glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):
+        glibc = False
+    if not glibc:
+        pytest.skip("not a glibc system")
+    assert fix_mmap_threshold() is True and fix_mmap_threshold(1 << 20) is True
