@@ -108,6 +108,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/optimizer_step.py
 	$(BIN)/python benchmarks/memory_format.py
+	$(BIN)/python benchmarks/interval_coverage.py
 	$(BIN)/python benchmarks/embedded_default.py
 
 # DVC: the raw data, one .dvc file per dataset folder. The remote is named in one place, .dvc/config

@@ -15,7 +15,9 @@ every model and seed).
 
 Paired statistics (:mod:`medkd.stats`) and health flags (:mod:`medkd.health`) are added to the long
 table: on the rows of the main metrics of a model with ``compare_to``, the paired difference to that
-model (``compared_to``, ``diff``, ``ci_low``, ``ci_high``, ``p``, ``p_holm``, ``stats_note``); on every row
+model (``compared_to``, ``diff``, ``ci_low``/``ci_high`` over seeds and cases, ``ci_method``, ``ci_cases_low``/
+``ci_cases_high`` over cases with the seeds fixed, ``seed_diffs``, ``p_better``, ``p``, ``p_holm``, ``stats_note``;
+:mod:`medkd.stats`); on every row
 of a model, its flags (``health``: names joined by ``;``, empty = no flag; ``health_notes``: the
 sentences). Every comparison, teacher vs student included, is written to ``<exp>_stats.csv``.
 Markdown and LaTeX cells are escaped (:func:`md_escape`, :func:`latex_escape`).
@@ -36,7 +38,12 @@ from medkd import stats as _stats
 from medkd.io import atomic_path, read_json
 from medkd.stats import MAIN_METRICS, format_diff
 
-STATS_FIELDS = ["compared_to", "diff", "ci_low", "ci_high", "p", "p_holm", "stats_note"]
+STATS_FIELDS = ["compared_to", "diff", "ci_low", "ci_high", "ci_method", "ci_cases_low", "ci_cases_high", "seed_diffs",
+                "p_better", "p", "p_holm", "stats_note"]
+CI_TEXT = ("95% CI over seeds and cases (t interval from the seed, case and residual variance components, "
+           "Satterthwaite df: medkd.stats.recipe_interval)")
+P_TEXT = ("p: two-sided Wilcoxon signed-rank test whose unit is a test case (its difference averaged over the "
+          "seeds; n = cases)")
 HEALTH_FIELDS = ["health", "health_notes"]
 LONG_COLUMNS = [
     "experiment", "dataset", "task", "model", "role", "kd_method", "arch", "class", "metric", "convention",
@@ -114,8 +121,7 @@ def experiment_table(exp_name: str, exp_cfg: dict, metric_csvs: list[str | Path]
     if comparisons is not None:
         for c in comparisons[comparisons["kind"] == "kd_effect"].to_dict("records"):
             stats_by[(c["model"], c["class"], c["metric"], c["convention"])] = {
-                "compared_to": c["compared_to"], "diff": c["diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
-                "p": c["p"], "p_holm": c["p_holm"], "stats_note": c["note"] or ""}
+                **{k: c[k] for k in STATS_FIELDS if k in c}, "stats_note": c["note"] or ""}
     health_by = _health.model_health(flags or [])
     rows = []
     refs = exp_cfg.get("reference", [])
@@ -246,8 +252,8 @@ def teacher_student_frame(comparisons: pd.DataFrame) -> pd.DataFrame:
 
 def teacher_student_note(comparisons: pd.DataFrame, experiment: str) -> str:
     n_tests = int(comparisons["p"].notna().sum())
-    return (f"Paired differences teacher - student (same case, same seed): mean [95% bootstrap CI over cases], "
-            f"Wilcoxon signed-rank p on per-case means, p_holm = Holm-adjusted over the {n_tests} tests of this "
+    return (f"Paired differences teacher - student (same case, same seed): mean [{CI_TEXT}], {P_TEXT}, "
+            f"p_holm = Holm-adjusted over the {n_tests} tests of this "
             f"experiment (every comparison, class, metric; all in `{experiment}_stats.csv`).")
 
 
@@ -257,11 +263,64 @@ def comparisons_section(comparisons: pd.DataFrame) -> str:
     if not len(wide):
         return ""
     tvs = comparisons[comparisons["kind"] == "teacher_vs_student"]
-    n_tests = int(comparisons["p"].notna().sum())
     return ("### Teacher vs student\n\n" + _md_table(wide) + "\n"
-            f"- Paired differences teacher - student (same case, same seed): mean [95% bootstrap CI over cases], "
-            f"Wilcoxon signed-rank p on per-case means, p_holm = Holm-adjusted over the {n_tests} tests of this "
-            f"experiment (every comparison, class, metric; all in `{tvs['experiment'].iloc[0]}_stats.csv`).\n")
+            f"- {teacher_student_note(comparisons, tvs['experiment'].iloc[0])}\n")
+
+
+def smallest_p(n_cases: int) -> float:
+    """The smallest two-sided p the exact Wilcoxon signed-rank test can give with ``n_cases`` non-zero
+    differences: every sign agreeing, 2 / 2^n (8 cases: 0.0078; 24: 1.2e-7)."""
+    return 2.0 / 2.0**n_cases if n_cases > 0 else math.nan
+
+
+def kd_effects_frame(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """"KD effect in detail": one row per KD comparison, class and main metric: the difference, its interval
+    over seeds and cases beside the one over cases with the seeds fixed, the difference of each seed,
+    P(better) on a new seed and case, p (unit: a case) and p_holm, and whether it survives Holm at 0.05."""
+    kd = comparisons[comparisons["kind"] == "kd_effect"] if len(comparisons) else comparisons
+    rows = []
+    for r in kd.to_dict("records"):
+        d = 2 if r["metric"] in ("hd95", "psnr") else 3
+
+        def ci(lo, hi):
+            return f"[{lo:.{d}f}, {hi:.{d}f}]" if pd.notna(lo) else "n/a"
+
+        conv = "" if r["convention"] == "engine" else f" [{r['convention']}]"
+        seeds = str(r["seed_diffs"]) if pd.notna(r.get("seed_diffs")) else ""
+        rows.append({
+            "comparison": f"{r['model']} - {r['compared_to']}", "metric": f"{r['metric']} {r['class']}{conv}",
+            "Δ": f"{r['diff']:+.{d}f}" if pd.notna(r["diff"]) else "n/a",
+            "CI seeds+cases": ci(r["ci_low"], r["ci_high"]), "CI cases (seeds fixed)": ci(r["ci_cases_low"], r["ci_cases_high"]),
+            "Δ per seed": ", ".join(f"{float(v):+.{d}f}" for v in seeds.split(";") if v),
+            "P(better)": f"{r['p_better']:.2f}" if pd.notna(r.get("p_better")) else "n/a",
+            "p (cases)": f"{_stats.format_p(r['p'])} (n={r['n_cases']})", "p_holm": _stats.format_p(r["p_holm"]),
+            "Holm 0.05": "yes" if pd.notna(r["p_holm"]) and r["p_holm"] < 0.05 else "no",
+        })
+    return pd.DataFrame(rows)
+
+
+def kd_effects_notes(comparisons: pd.DataFrame) -> list[str]:
+    """What the columns of :func:`kd_effects_frame` mean, with the smallest p this design can reach."""
+    kd = comparisons[comparisons["kind"] == "kd_effect"]
+    n_cases = int(kd["n_cases"].max())
+    n_tests = int(comparisons["p"].notna().sum())
+    return [f"CI seeds+cases: {CI_TEXT}; it is the interval of the recipe (a new training seed, a new test case). "
+            "CI cases (seeds fixed): the percentile bootstrap over cases that keeps these seeds' models, so it "
+            "describes these training runs only. Δ per seed: the mean difference of each seed over the cases.",
+            "P(better): share of (seed, case) pairs where the model is the better one (ties count 1/2; lower is "
+            "better for HD95), the plug-in estimate of the chance it wins on a new seed and case.",
+            f"{P_TEXT}. With {n_cases} cases the smallest p it can reach is {smallest_p(n_cases):.2g}; Holm over "
+            f"this experiment's {n_tests} tests multiplies the smallest p by {n_tests}, so a comparison survives "
+            f"Holm at 0.05 only if {n_tests} x p < 0.05."]
+
+
+def kd_effects_section(comparisons: pd.DataFrame) -> str:
+    """The "KD effect in detail" Markdown section (empty without a KD comparison)."""
+    wide = kd_effects_frame(comparisons)
+    if not len(wide):
+        return ""
+    return ("### KD effect in detail\n\n" + _md_table(wide) + "\n"
+            + "".join(f"- {md_escape(n)}\n" for n in kd_effects_notes(comparisons)))
 
 
 def table_notes(exp_cfg: dict, task: str) -> list[str]:
@@ -273,9 +332,9 @@ def table_notes(exp_cfg: dict, task: str) -> list[str]:
         notes.append("PSNR/SSIM/NMSE per volume, data_range = the volume maximum, SSIM 7x7 uniform window "
                      "averaged over slices (fastMRI convention).")
     if any(m.get("compare_to") for m in exp_cfg["models"].values()):
-        notes.append("Δ columns: paired difference to the model in the vs column (same case and seed), mean [95% bootstrap CI "
-                     "resampling cases], Wilcoxon signed-rank p on per-case means, p_holm = Holm-adjusted over every "
-                     "test of this experiment.")
+        notes.append(f"Δ columns: paired difference to the model in the vs column (same case and seed), mean [{CI_TEXT}], "
+                     f"{P_TEXT}, p_holm = Holm-adjusted over every test of this experiment; KD effects in detail below "
+                     "(the interval with the seeds fixed beside it, the difference of each seed).")
     notes.append("health: flag names (empty = no flag), explained under Health.")
     for name, m in exp_cfg["models"].items():
         if m.get("fidelity"):
@@ -313,8 +372,8 @@ def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_di
     title = f"{exp_name} ({exp_cfg['dataset']}, {exp_cfg['task']})"
     if exp_cfg.get("rehearsal"):
         title = f"REHEARSAL on stand-in data, not results: {title}"
-    sections = [s for s in (health_section(flags, health_cfg), comparisons_section(comparisons),
-                            verdicts_section(verdicts)) if s]
+    sections = [s for s in (health_section(flags, health_cfg), kd_effects_section(comparisons),
+                            comparisons_section(comparisons), verdicts_section(verdicts)) if s]
     with atomic_path(out["md"]) as tmp:
         tmp.write_text(to_markdown(wide, title, table_notes(exp_cfg, exp_cfg["task"]), sections))
     with atomic_path(out["tex"]) as tmp:
@@ -495,9 +554,9 @@ def paper_layout(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
     spread = ", ".join(sorted(set(df["spread"].dropna()))) if "spread" in df else "sd over seeds"
     note = (f"Convention: {conv}. Cells: ours mean ± {spread} (paper's value); gains relative to "
             "the model each row is compared with (config `compare_to`), ours (paper's); Δ: paired difference to "
-            "that model (same case and seed), [95% bootstrap CI resampling cases], Wilcoxon signed-rank p on "
-            "per-case means and Holm-adjusted p_holm within the experiment; (engine) when the headline "
+            f"that model (same case and seed), [{CI_TEXT}], {P_TEXT}, and Holm-adjusted p_holm within the "
+            "experiment; (engine) when the headline "
             "convention is not per case and the engine's per-case values were tested instead. Verdict after a "
-            "paper value: is the paper's value within our 95% interval [low, high] (percentile bootstrap of "
-            "the mean resampling test cases with all their seeds; seeds when there is one case)?")
+            "paper value: is the paper's value within our 95% interval [low, high] of the mean (the same t "
+            "interval over seeds and cases; over seeds when there is one case)?")
     return header, rows, note

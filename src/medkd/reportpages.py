@@ -14,7 +14,7 @@ as data URIs), written from the files the tables, track and collect stages alrea
   runs and its loss-term curves) (:func:`write_experiment_pages`).
 
 Verdicts (:func:`medkd.verdicts.verdict`): ``within CI`` / ``outside CI`` for numbers of experiments that
-ran (our 95 % bootstrap interval of the mean, :func:`medkd.verdicts.value_ci`), ``not run here (data gated:
+ran (our 95 % interval of the mean over seeds and cases, :func:`medkd.verdicts.value_ci`), ``not run here (data gated:
 <dataset>)`` for experiments of ``config/paper.yaml`` on gated data (download kind ``manual``) that this
 run did not include, ``not run here (...)`` for those on public data that it did not include, and ``no
 code path (why)`` for the numbers docs/not_reproduced.md lists under "Reported, but no config produces
@@ -136,6 +136,11 @@ def write_experiment_pages(exp: str, exp_cfg: dict, table_csv, stats_csv, verdic
             "<ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in _report.table_notes(exp_cfg, task)) + "</ul>",
             "<h2>Health</h2>", _health_html(table)]
     if stats is not None and len(stats):
+        kd = _report.kd_effects_frame(stats)
+        if len(kd):
+            body += ["<h2>KD effect in detail</h2>", table_html(kd, "kd-effects"),
+                     "<ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in _report.kd_effects_notes(stats))
+                     + "</ul>"]
         tvs = _report.teacher_student_frame(stats)
         if len(tvs):
             body += ["<h2>Teacher vs student</h2>", table_html(tvs, "teacher-vs-student"),
@@ -360,8 +365,9 @@ def write_paper_numbers(run_cfg: dict, paper_cfg: dict, verdict_csvs: list, not_
     body = [f"<p>{len(df)} paper numbers: " + ", ".join(f"{esc(k)} {n}" for k, n in counts.items()) + ".</p>",
             "<p class=\"note\">The papers' numbers are the <code>reference</code> entries of the experiments "
             f"(the run's config and <code>{esc(paper_config_name)}</code>); docs/not_reproduced.md lists the numbers no "
-            "config produces. Ours: mean over seeds of the per-case mean; CI: our 95% percentile bootstrap interval "
-            "of the mean, resampling test cases with all their seeds (seeds when there is one case).</p>",
+            "config produces. Ours: mean over seeds of the per-case mean; CI: our 95% interval of the mean over "
+            "training seeds and test cases (t interval from the variance components; over seeds when there is one "
+            "case).</p>",
             table_html(shown, "paper-numbers", verdict_col="verdict")]
     write_text(out_html, page("Paper numbers and verdicts", "\n".join(body)))
     return df

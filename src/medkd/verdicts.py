@@ -1,7 +1,7 @@
 """Every paper number gets a verdict: ours beside the paper's, with our 95 % interval.
 
-:func:`value_ci` is a bootstrap interval of our mean that resamples test cases, each with all its seeds
-(:func:`medkd.stats.case_bootstrap`); :func:`verdict` says whether the paper's value lies inside it;
+:func:`value_ci` is the interval of our mean over both sources of variance, training seeds and test cases (the
+t interval of :func:`medkd.stats.recipe_interval`); :func:`verdict` says whether the paper's value lies inside it;
 :func:`paper_verdicts` builds the ``<exp>_verdicts.csv`` rows and :func:`verdicts_section` their Markdown.
 """
 
@@ -19,24 +19,20 @@ VERDICT_COLUMNS = ["experiment", "model", "class", "metric", "convention", "pape
                    "n_cases", "n_seeds", "ci_low", "ci_high", "ci_method", "verdict"]
 
 
-def value_ci(values: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 9999,
-             seed: int = 0) -> tuple[float, float, str]:
-    """Percentile bootstrap interval of the mean of ``values`` (columns case, seed, value; NaN dropped).
+def value_ci(values: pd.DataFrame, confidence: float = 0.95) -> tuple[float, float, str]:
+    """Interval of the mean of ``values`` (columns case, seed, value; NaN dropped) over seeds and cases.
 
-    Resamples test cases with replacement, each keeping all its seeds (:func:`medkd.stats.case_bootstrap`,
-    the clusters of the paired statistics); with a single case (or a pooled convention, case ``ALL``)
-    it resamples seeds; with one case and one seed there is no interval. Returns (low, high, method)."""
+    The t interval of :func:`medkd.stats.recipe_interval` (two-way random-effects variance components,
+    Satterthwaite df) on the complete seed x case block: over cases alone with one seed, over seeds alone with
+    a single case (or a pooled convention, case ``ALL``); with one case and one seed there is no interval.
+    Returns (low, high, method)."""
     v = values[np.isfinite(values["value"].astype(float))]
-    level = f"{confidence:.0%}"
-    for unit, col in (("test cases (each with all its seeds)", "case"), ("seeds", "seed")):
-        if v[col].nunique() >= 2:
-            if v["value"].nunique() == 1:
-                x = float(v["value"].iloc[0])
-                return x, x, f"{level} bootstrap over {unit}: all values equal"
-            res = _stats.case_bootstrap(v[col].astype(str), v["value"].astype(float), confidence, n_resamples, seed)
-            return (float(res.confidence_interval.low), float(res.confidence_interval.high),
-                    f"{level} percentile bootstrap of the mean, resampling {unit}, {n_resamples} resamples")
-    return math.nan, math.nan, f"no interval: {v['case'].nunique()} case(s) x {v['seed'].nunique()} seed(s)"
+    if v["case"].nunique() < 2 and v["seed"].nunique() < 2:
+        return math.nan, math.nan, f"no interval: {v['case'].nunique()} case(s) x {v['seed'].nunique()} seed(s)"
+    rec = _stats.recipe_interval(v.rename(columns={"value": "diff"})[["case", "seed", "diff"]], confidence)
+    unit = {"seeds+cases": "seeds and cases", "cases only": "cases (one seed)", "seeds only": "seeds (one case)"}
+    method = f"{confidence:.0%} t interval over {unit[rec.method]}, Satterthwaite df {rec.df:.3g}"
+    return rec.low, rec.high, method + (f"; {rec.note}" if rec.note else "")
 
 
 REHEARSAL_VERDICT = "rehearsal (stand-in data, capped training: no verdict)"
@@ -73,8 +69,7 @@ def paper_verdicts(exp_name: str, exp_cfg: dict, metrics: pd.DataFrame, table: p
             rows.append({**base, "ours": math.nan, "sd": math.nan, "n_cases": 0, "n_seeds": 0, "ci_low": math.nan,
                          "ci_high": math.nan, "ci_method": "", "verdict": "no value here (not scored in this run)"})
             continue
-        low, high, method = value_ci(sel[["case", "seed", "value"]], scfg["confidence"], scfg["n_resamples"],
-                                     scfg["seed"])
+        low, high, method = value_ci(sel[["case", "seed", "value"]], scfg["confidence"])
         t = trow.iloc[0]
         rows.append({**base, "ours": float(t["mean"]), "sd": float(t["sd"]), "n_cases": int(t["n_cases"]),
                      "n_seeds": int(t["n_seeds"]), "ci_low": low, "ci_high": high, "ci_method": method,

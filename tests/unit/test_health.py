@@ -159,7 +159,20 @@ def test_flags_and_statistics_reach_the_tables_all_csv_and_health_md(tmp_path):
     assert kd["compared_to"] == "student" and kd["diff"] == pytest.approx(0.11 / 3)
     assert kd["p"] == pytest.approx(0.25)  # 3 positive case means, tied: exact 2/8
     assert kd["ci_low"] <= kd["diff"] <= kd["ci_high"]
-    assert kd["ci_low"] == pytest.approx(0.02) and kd["ci_high"] == pytest.approx(0.045)  # all-b and all-a/c resamples
+    # the interval over seeds and cases, by hand: seed means 0.04, 0.0333; case means 0.045, 0.02, 0.045; m = 0.22/6.
+    # MS_seed = 3 * 2 * (1/300)^2 = 6.667e-5, MS_case = 2 * (2 * (1/120)^2 + (1/60)^2) / 2 = 4.1667e-4, residuals
+    # +-1/600 (4x) and +-1/300 (2x): MS_res = 3.3333e-5 / 2 = 1.6667e-5. Var(m) = (MS_seed + MS_case - MS_res) / 6
+    # = 7.7778e-5; Satterthwaite df = Var^2 / ((MS_seed/6)^2 / 1 + (MS_case/6)^2 / 2 + (MS_res/6)^2 / 2) = 2.3830
+    from scipy import stats as sst
+
+    ms_s, ms_c, ms_e = 6 * (1 / 300) ** 2, (2 * (1 / 120) ** 2 + (1 / 60) ** 2), 2 * (4 * (1 / 600) ** 2 + 2 * (1 / 300) ** 2) / 4
+    var = (ms_s + ms_c - ms_e) / 6
+    dof = var**2 / ((ms_s / 6) ** 2 + (ms_c / 6) ** 2 / 2 + (ms_e / 6) ** 2 / 2)
+    assert var == pytest.approx(7.7778e-5, rel=1e-4) and dof == pytest.approx(2.3830, rel=1e-4)
+    half = sst.t.ppf(0.975, dof) * var**0.5
+    assert (kd["ci_low"], kd["ci_high"]) == pytest.approx((0.22 / 6 - half, 0.22 / 6 + half))
+    assert kd["ci_method"] == "seeds+cases" and kd["seed_diffs"] == "+0.04;+0.03333" and kd["p_better"] == 1.0
+    assert kd["ci_cases_low"] == pytest.approx(0.02) and kd["ci_cases_high"] == pytest.approx(0.045)  # all-b, all-a/c
     stats = pd.read_csv(out["stats"])
     assert set(stats["kind"]) == {"kd_effect", "teacher_vs_student"} and len(stats) == 3 * 2
     assert kd["p_holm"] == pytest.approx(min(1.0, 6 * 0.25))
@@ -168,7 +181,11 @@ def test_flags_and_statistics_reach_the_tables_all_csv_and_health_md(tmp_path):
     md = out["md"].read_text()
     header = md.splitlines()[2]
     assert "| vs | Δ dice wm | Δ hd95 wm | health |" in header
-    assert "| student | +0.037 [0.020, 0.045], p = 0.25, p_holm = 1 |" in md
+    assert f"| student | +0.037 [{0.22 / 6 - half:.3f}, {0.22 / 6 + half:.3f}], p = 0.25, p_holm = 1 |" in md
+    assert "### KD effect in detail" in md
+    assert (f"| student_kd - student | dice wm | +0.037 | [{0.22 / 6 - half:.3f}, {0.22 / 6 + half:.3f}] | [0.020, 0.045] "
+            "| +0.040, +0.033 | 1.00 | 0.25 (n=3) | 1 | no |") in md
+    assert "With 3 cases the smallest p it can reach is 0.25" in md
     assert "### Health" in md
     assert ("- student_kd: flagged_teacher: distilled from a flagged teacher: teacher (trivial_teacher); what "
             "it learnt from that teacher is suspect.") in md

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from medkd import report, verdicts
 from medkd.reportpages import no_code_path_rows, paper_numbers, verdict_counts
@@ -15,14 +16,15 @@ def _metrics(values: dict[tuple[str, int], float], model="m", metric="dice", cls
                           "convention": conv, "value": v} for (c, s), v in values.items()])
 
 
-def test_value_ci_resamples_cases_and_falls_back_to_seeds():
+def test_value_ci_spans_seeds_and_cases_and_falls_back_to_seeds():
     vals = {(f"c{i}", s): 0.5 + 0.1 * i + 0.01 * s for i in range(4) for s in range(2)}
-    low, high, method = verdicts.value_ci(_metrics(vals)[["case", "seed", "value"]], n_resamples=999)
+    low, high, method = verdicts.value_ci(_metrics(vals)[["case", "seed", "value"]])
     mean = np.mean(list(vals.values()))
-    assert low < mean < high and "resampling test cases" in method
+    assert low < mean < high and method.startswith("95% t interval over seeds and cases")
+    # one case, seeds 0.5 and 0.7: mean 0.6, variance 0.02 / 2 seeds, 1 df: 0.6 +- 12.706 * 0.1
     one_case = _metrics({("c0", 0): 0.5, ("c0", 1): 0.7})[["case", "seed", "value"]]
-    low, high, method = verdicts.value_ci(one_case, n_resamples=999)
-    assert 0.5 <= low <= high <= 0.7 and "resampling seeds" in method
+    low, high, method = verdicts.value_ci(one_case)
+    assert (low, high) == pytest.approx((0.6 - 1.27062, 0.6 + 1.27062), abs=1e-5) and "over seeds (one case)" in method
     low, high, method = verdicts.value_ci(_metrics({("c0", 0): 0.5})[["case", "seed", "value"]])
     assert math.isnan(low) and "1 case(s) x 1 seed(s)" in method
 

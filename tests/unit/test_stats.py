@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scipy import stats as sst
+
 from medkd.stats import (case_bootstrap, compare_experiment, comparisons, format_diff, holm, paired_differences,
-                         paired_test, wilcoxon_p)
+                         paired_test, prob_better, recipe_interval, seed_differences, wilcoxon_p)
 
 
 def per_case(model, values, seeds=(0,), metric="dice", cls="wm", conv="engine"):
@@ -96,6 +98,82 @@ def test_ci_covers_the_true_difference_at_about_the_nominal_rate():
         res = case_bootstrap(np.repeat(np.arange(n_cases), n_seeds), diffs.ravel(), n_resamples=999, seed=i)
         covered += res.confidence_interval.low <= delta <= res.confidence_interval.high
     assert 0.88 <= covered / 200 <= 0.99
+
+
+def crossed(block) -> pd.DataFrame:
+    """block[seed][case] -> (case, seed, diff) rows."""
+    return pd.DataFrame([{"case": f"c{c}", "seed": s, "diff": v} for s, row in enumerate(block) for c, v in enumerate(row)
+                         if not math.isnan(v)])
+
+
+def test_recipe_interval_golden_values():
+    # [[0, 2], [2, 0]]: seed and case means all 1 -> MS_seed = MS_case = 0 < MS_res = 4 (residuals +-1, 1 df):
+    # both components truncated to 0, Var(m) = MS_res / 4 = 1 with 1 df: 1 +- t(0.975, 1) = 1 +- 12.706
+    r = recipe_interval(crossed([[0, 2], [2, 0]]))
+    assert (r.mean, r.df, r.n_seeds, r.n_cases, r.method) == (1.0, pytest.approx(1.0), 2, 2, "seeds+cases")
+    assert r.components == (0.0, 0.0, pytest.approx(4.0))
+    assert (r.low, r.high) == pytest.approx((1 - 12.7062047, 1 + 12.7062047))
+    # one seed: cases 0.1, 0.3, 0.5 -> variance 0.04, Var(m) = 0.04 / 3, 2 df: half width 4.3027 * 0.11547 = 0.49683
+    one = recipe_interval(crossed([[0.1, 0.3, 0.5]]))
+    assert one.method == "cases only" and one.df == pytest.approx(2.0)
+    assert (one.low, one.high) == pytest.approx((0.3 - 0.496827, 0.3 + 0.496827), abs=1e-6)
+    # no seed or case effect can hide in a constant block: the point interval
+    flat = recipe_interval(crossed([[0.2, 0.2], [0.2, 0.2]]))
+    assert (flat.low, flat.high) == (0.2, 0.2)
+    # a case missing under one seed is left out of the block and named
+    gap = recipe_interval(crossed([[0.1, 0.3, 0.5], [0.2, 0.4, math.nan]]))
+    assert gap.n_cases == 2 and gap.note.endswith("c2")
+    with pytest.raises(ValueError, match="complete seed x case block"):
+        recipe_interval(crossed([[0.1]]))
+
+
+def test_a_collapsed_seed_widens_the_recipe_interval_not_the_case_interval():
+    """hinton_tissue's CSF case: two seeds agree, the third collapsed. Over cases with the seeds fixed the
+    interval is razor-thin around the collapsed seed's pull; over seeds and cases it spans both outcomes."""
+    rng = np.random.default_rng(7)
+    block = np.array([[-0.55], [0.0], [0.0]]) + rng.normal(0.0, 0.01, (3, 8))  # seed 0 collapsed: -0.55 on every case
+    diffs = crossed(block)
+    rec = recipe_interval(diffs)
+    cases = case_bootstrap(diffs["case"], diffs["diff"], n_resamples=999)
+    assert cases.confidence_interval.high - cases.confidence_interval.low < 0.03
+    assert rec.low < -0.55 and rec.high > 0.0  # the recipe may be as bad as the collapse or harmless
+    assert seed_differences(diffs) == pytest.approx(block.mean(axis=1).tolist())
+
+
+def test_prob_better_follows_the_metric_direction():
+    assert prob_better([0.1, -0.1, 0.0, 0.2], "dice") == pytest.approx((2 + 0.5) / 4)
+    assert prob_better([0.1, -0.1, 0.0, 0.2], "hd95") == pytest.approx((1 + 0.5) / 4)  # smaller HD95 wins
+    assert math.isnan(prob_better([], "dice"))
+
+
+def test_recipe_interval_covers_when_seeds_vary_and_the_case_interval_does_not():
+    """Seeded simulation of the default's design (3 seeds, 24 cases): d = 0 + seed + case + residual effects with
+    SD 0.05, 0.05, 0.02. The interval over seeds and cases covers the true mean at about 95 %; the bootstrap
+    over cases with the seeds fixed describes the three trained models and misses the recipe's mean about
+    half the time. Without a seed effect both cover."""
+    rng = np.random.default_rng(2026)
+    runs = 300
+    for seed_sd, lowest_old, highest_old in ((0.05, 0.0, 0.7), (0.0, 0.88, 1.0)):
+        new = old = 0
+        for i in range(runs):
+            block = rng.normal(0, seed_sd, (3, 1)) + rng.normal(0, 0.05, (1, 24)) + rng.normal(0, 0.02, (3, 24))
+            diffs = crossed(block)
+            r = recipe_interval(diffs)
+            new += r.low <= 0.0 <= r.high
+            ci = case_bootstrap(diffs["case"], diffs["diff"], n_resamples=999, seed=i).confidence_interval
+            old += ci.low <= 0.0 <= ci.high
+        assert 0.90 <= new / runs <= 0.99, (seed_sd, new / runs)
+        assert lowest_old <= old / runs <= highest_old, (seed_sd, old / runs)
+
+
+def test_paired_test_reports_both_intervals_seeds_and_p_better():
+    diffs = crossed([[0.05, 0.02, 0.05], [0.04, 0.02, 0.04]])
+    r = paired_test(diffs, metric="dice")
+    rec = recipe_interval(diffs)
+    assert (r.ci_low, r.ci_high, r.ci_method) == (rec.low, rec.high, "seeds+cases")
+    assert (r.ci_cases_low, r.ci_cases_high) == pytest.approx((0.02, 0.045))
+    assert r.n_seeds == 2 and r.seed_diffs == "+0.04;+0.03333" and r.p_better == 1.0
+    assert sst.t.ppf(0.975, rec.df) > 2  # few seeds: small df, wide t quantile
 
 
 def test_compare_experiment_kinds_holm_and_pooled_conventions_skipped():
