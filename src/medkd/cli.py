@@ -182,7 +182,12 @@ def cmd_split(args) -> None:
         logging.getLogger("medkd").warning(
             "stand-in data: fixed split cut to the stand-in's cases (%s)",
             ", ".join(f"{k} {len(v)} of {len(s['fixed'][k])}" for k, v in fixed.items()))
-    split = make_split(cases, s["seed"], fractions=s["fractions"], subsets=s.get("subsets"), fixed=fixed)
+    from medkd.errors import InputError
+
+    try:
+        split = make_split(cases, s["seed"], fractions=s["fractions"], subsets=s.get("subsets"), fixed=fixed)
+    except ValueError as exc:  # the experiment's `split` does not fit this dataset: one line, not a traceback
+        raise InputError(f"{args.fingerprint}: the experiment's split does not fit this dataset: {exc}") from exc
     write_split(split, args.out)
 
 

@@ -56,3 +56,24 @@ def test_missing_local_folder_is_named_while_planning(tmp_path):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert f"{missing}   (folder does not exist)" in out and "Local dataset 'mine'" in out
+
+
+def test_a_bad_input_on_the_submit_host_is_not_retried(tmp_path):
+    """Two cases cannot fill train, val and test: the split job fails. With the SLURM profile's `--retries 2`
+    Snakemake would run it three times and print the same error three times; the rules that check or summarise
+    data on the submit host say `retries: NO_RETRY` (workflow/rules/common.smk), so it fails once, with its log."""
+    from medkd.data.embedded import generate_embedded
+
+    config = re.search(r"```yaml\n(.*?)```", readme_section(), re.S).group(1)
+    outside = tmp_path / "two_cases"
+    generate_embedded(outside, n_cases=2, seed=3, resolution_mm=4.0, lesion=True)
+    wd = copy_repo(tmp_path / "repo")
+    (wd / "my_data.yaml").write_text(config.replace("/path/to/my_dataset", str(outside)))
+    proc = snakemake(["results/splits/mine_kd.json", "--configfile", "my_data.yaml", "--retries", "2",
+                      "--show-failed-logs"], wd, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert out.count("Error in rule split") == 1 and "Trying to restart" not in out, out[-5000:]
+    assert ("split failed: results/slices/mine.json: the experiment's split does not fit this dataset: cannot give "
+            "each of the splits ['test', 'train', 'val'] (non-zero fraction) at least one case: only 2 cases") in out
+    assert "Traceback" not in out, out[-5000:]

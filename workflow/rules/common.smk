@@ -328,6 +328,11 @@ def _site_partitions():
 
 
 MEASURED = _measured_sizes()
+# The rules that check or summarise data on the submit host (fetch, split, the tables and report pages) are never
+# retried, whatever --retries says: they have no time or memory limit a resubmission could lift, so a failure
+# there is a bad input or a bug, and retrying only prints the same error again. Jobs sent to the cluster keep
+# the profile's retries (Snakemake cannot retry on some failures and not others: snakemake/snakemake#2441).
+NO_RETRY = 0
 # how often one job is submitted: 1 + the `retries` of medkd's SLURM workflow profile (profiles/slurm); a training
 # job that hits its time limit resumes from last.pt on the next submission
 SUBMISSIONS = _plan.workflow_submissions(

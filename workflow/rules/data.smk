@@ -15,6 +15,7 @@ rule fetch:
         dataset_json=f"{DATA_ROOT}/{{dataset}}/dataset.json",
     log:
         "results/logs/fetch/{dataset}.log",
+    retries: NO_RETRY
     conda:
         "../../envs/training.yaml"
     # the embedded generator makes its cases in this many processes (byte-identical for any number): 2 of
@@ -38,6 +39,7 @@ rule fetch_source:
         "results/logs/fetch_source/{source}.log",
     wildcard_constraints:
         source=r"[a-z0-9][a-z0-9_]*",
+    retries: NO_RETRY
     conda:
         "../../envs/training.yaml"
     params:
@@ -96,6 +98,7 @@ rule split:
         split="results/splits/{exp}.json",
     log:
         "results/logs/split/{exp}.log",
+    retries: NO_RETRY
     conda:
         "../../envs/training.yaml"
     params:

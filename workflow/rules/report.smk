@@ -36,6 +36,7 @@ rule tables:
     log:
         "results/logs/tables/{exp}.log",
     priority: REPORT_PRIORITY
+    retries: NO_RETRY
     conda:
         "../../envs/tables.yaml"
     params:
@@ -74,6 +75,7 @@ rule panels:
     log:
         "results/logs/panels/{exp}.log",
     priority: REPORT_PRIORITY
+    retries: NO_RETRY
     conda:
         "../../envs/training.yaml"
     params:
@@ -105,6 +107,7 @@ rule paper_table:
     wildcard_constraints:
         group="|".join(GROUPS) or "none",
     priority: REPORT_PRIORITY
+    retries: NO_RETRY
     conda:
         "../../envs/tables.yaml"
     params:
@@ -140,6 +143,7 @@ rule collect:
         health="results/tables/health.md",
     log:
         "results/logs/collect.log",
+    retries: NO_RETRY
     conda:
         "../../envs/tables.yaml"
     params:
@@ -169,6 +173,7 @@ rule robustness_table:
         ),
     log:
         "results/logs/robustness_table/{exp}.log",
+    retries: NO_RETRY
     conda:
         "../../envs/training.yaml"
     params:
@@ -223,6 +228,7 @@ rule report_pages:
         ),
     log:
         "results/logs/report_pages/{exp}.log",
+    retries: NO_RETRY
     conda:
         "../../envs/tables.yaml"
     params:
@@ -263,6 +269,7 @@ rule paper_numbers:
         ),
     log:
         "results/logs/paper_numbers.log",
+    retries: NO_RETRY
     conda:
         "../../envs/tables.yaml"
     params:
@@ -294,6 +301,7 @@ rule overview:
         html="results/report/overview.html",
     log:
         "results/logs/overview.log",
+    retries: NO_RETRY
     conda:
         "../../envs/tables.yaml"
     params:
@@ -331,6 +339,7 @@ rule reproduced:
         ),
     log:
         "results/logs/reproduced.log",
+    retries: NO_RETRY
     conda:
         "../../envs/tables.yaml"
     params:
