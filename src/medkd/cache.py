@@ -39,7 +39,7 @@ from medkd import uncertainty
 from medkd.config import CACHED_SPLITS
 from medkd.io import atomic_path, h5_empty
 from medkd.datasets import DataBudget, load_split
-from medkd.runtime import RunSettings, autocast, forward_model, load_trained, to_device
+from medkd.runtime import RunSettings, autocast, fix_mmap_threshold, forward_model, load_trained, to_device
 
 
 @torch.no_grad()
@@ -58,6 +58,7 @@ def build_cache(teacher_dir: str | Path, store: str | Path, split_path: str | Pa
     if not splits:
         raise ValueError("build_cache: no split or subset names to cache")
     settings = settings or RunSettings()
+    fix_mmap_threshold()  # outputs are written case by case: keep freed batches off the heap
     dev = settings.apply()
     model, spec = load_trained(teacher_dir, dev, settings)
     keys_unc = list(spec.cache.uncertainty)

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from medkd.io import atomic_path, h5_empty
 from medkd.models import count_parameters
 from medkd.datasets import DataBudget, load_split
-from medkd.runtime import RunSettings, autocast, class_indices, forward_model, load_trained, to_device
+from medkd.runtime import (RunSettings, autocast, class_indices, fix_mmap_threshold, forward_model, load_trained,
+                           to_device)
 
 
 def to_labels(output: torch.Tensor) -> torch.Tensor:
@@ -50,6 +51,7 @@ def predict(model_dir: str | Path, store: str | Path, split_path: str | Path, ou
     """Predict every slice of ``split_name``'s cases with the best checkpoint, under the model's training
     precision (``train.precision`` autocast), and write ``out_path``."""
     settings = settings or RunSettings()
+    fix_mmap_threshold()  # outputs are written case by case: keep freed batches off the heap
     dev = settings.apply()
     model, spec = load_trained(model_dir, dev, settings)
     data = load_split(spec, store, split_path, split_name, budget=DataBudget(settings.data_memory_mb))

@@ -50,9 +50,7 @@ class RunSettings:
     data_memory_mb: float | None = DEFAULT_DATA_MEMORY_MB
 
     def apply(self) -> torch.device:
-        """Set torch's threads and backend switches and fix the heap's mmap threshold
-        (:func:`fix_mmap_threshold`); return the resolved device."""
-        fix_mmap_threshold()
+        """Set torch's threads and backend switches; return the resolved device."""
         torch.set_num_threads(int(self.threads))
         if self.deterministic:
             if self.cudnn_benchmark:
@@ -98,13 +96,16 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     (glibc's ``mallopt(M_MMAP_THRESHOLD)``, mallopt(3)). Returns whether the threshold was set.
 
     glibc raises that threshold by itself, up to 32 MiB, each time a large mmapped block is freed; from then on
-    a job that allocates and frees batch-sized tensors case after case serves them from its heap, which
-    fragments and keeps growing. Measured on a cache job over 20 cases of 64 slices (128 x 128, 4 classes,
-    batch 16): peak RSS 301 MiB on a store of 6 slices per case, 422 MiB on the store of 64 (the heap grew 3-5
-    MiB per case), 315 MiB with the threshold fixed at 1 MiB. Setting the threshold turns the dynamic
-    adjustment off. Smaller blocks still come from the heap (mmap per block costs page faults). Only on glibc
-    (``os.confstr("CS_GNU_LIBC_VERSION")``); elsewhere nothing is done. Idempotent: safe in every job and in a
-    job forked from the fork server."""
+    a job that allocates and frees batch-sized output tensors case after case serves them from its heap, which
+    keeps growing. Measured on a cache job (128 x 128, 4 classes, batch 16, 64 slices per case): over 54 cases
+    its RSS grew from 314 to 486 MiB, and ended at 274 MiB with the threshold at 1 MiB (407 at 16 MiB); over 20
+    cases the peak was 301 MiB on a store of 6 slices per case, 422 MiB on the store of 64, 315 MiB with the
+    threshold fixed. The price is a page fault per large allocation: the same cache job took 46 s instead of
+    36 s, and training, whose memory does not grow (tests/integration/test_bounded_memory.py), ran 28 % slower
+    in benchmarks/throughput.py, so only the stages that write outputs case by case call this
+    (:func:`medkd.cache.build_cache`, :func:`medkd.infer.predict`). Only on glibc
+    (``os.confstr("CS_GNU_LIBC_VERSION")``); elsewhere nothing is done. Setting it turns the dynamic adjustment
+    off for the rest of the process (a job forked from the fork server is its own process)."""
     import ctypes
 
     try:

@@ -56,9 +56,9 @@ def test_peak_rss_is_the_jobs_own_not_its_parents():
 
 
 def test_the_heap_threshold_is_fixed_on_glibc():
-    """Every network stage fixes glibc's mmap threshold (medkd.runtime.fix_mmap_threshold: freed batch tensors
-    return to the OS instead of fragmenting the heap; tests/integration/test_bounded_memory.py fails without
-    it); elsewhere it says it did nothing."""
+    """Cache and infer fix glibc's mmap threshold (medkd.runtime.fix_mmap_threshold: freed batch tensors
+    return to the OS instead of growing the heap case by case; tests/integration/test_bounded_memory.py fails
+    without it); elsewhere it says it did nothing."""
     import os
 
     import pytest
