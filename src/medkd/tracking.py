@@ -10,7 +10,11 @@ custom_model_development``, so MLflow 3's UI opens it on the runs view of a mode
 
 * a **parent run** per (experiment, model), named ``<exp>/<model>``: the test metrics as the mean over
   seeds (``test.<convention>.<class>.<metric>``, the per-seed value being the mean over test cases, as
-  in the tables), their sample sd over seeds (``sd.test....``) and ``n_seeds``; start = the earliest
+  in the tables), their sample sd over seeds (``sd.test....``) and ``n_seeds``; the model's health flags
+  (tags ``health``: the flag names or ``ok``, ``health_notes``: their sentences); for a model with a
+  ``compare_to``, its paired differences with their intervals (:mod:`medkd.stats`; tag ``kd.compared_to``,
+  metrics ``kd.<convention>.<class>.<metric>.<field>`` for ``diff``, ``ci_low``/``ci_high`` over seeds and
+  cases, ``ci_cases_low``/``ci_cases_high`` over cases, ``p_better``, ``p``, ``p_holm``); start = the earliest
   child's start, end = the latest child's end; artifacts: the experiment's figures (bar chart, validation
   curves, qualitative panels, robustness curves), its table (``<exp>.md``/``.csv``) and paper verdicts;
 * a **child run** per seed (tag ``mlflow.parentRunId``), named ``<exp>/<model>/seed<k>``: params (the
@@ -20,7 +24,9 @@ custom_model_development``, so MLflow 3's UI opens it on the runs view of a mode
   test metrics (mean over cases) and ``params``; start and end times from ``summary.json``
   (``started_at``, ``ended_at``); artifacts: config.json (the resolved config), summary.json, env.json,
   epochs.jsonl, the metrics CSV, the experiment table, and the model logged with
-  :func:`mlflow.pytorch.log_model` (name ``model``: ``mlflow.pytorch.load_model(f"runs:/{id}/model")``
+  :func:`mlflow.pytorch.log_model`, named ``<exp>-<model>-seed<k>`` (:func:`model_name`; MLflow 3 refuses ``/``
+  in a model name) at the step of the best epoch, so the model's page shows that epoch's validation metrics
+  and the test metrics, which the child logs at the same step (``mlflow.pytorch.load_model(f"runs:/{id}/<name>")``
   returns the network with the best weights, ``model.pt``);
 * on both: MLflow's source tags (``mlflow.source.git.commit`` = the commit the training job recorded in
   env.json, ``mlflow.source.name`` = ``Snakefile``, ``mlflow.source.type`` = ``LOCAL``), ``medkd.*``
@@ -208,6 +214,41 @@ def _experiment(client, name: str, artifact_location: Path, description: str) ->
     return exp_id
 
 
+def model_name(run_key: str) -> str:
+    """The logged model's name of run ``<exp>/<model>/seed<k>``: ``<exp>-<model>-seed<k>``."""
+    return run_key.replace("/", "-")
+
+
+def _parent_evidence(info: dict, model: str, end_ms: int | None) -> tuple[dict, list]:
+    """(tags, metrics) of a parent run from the experiment's long table (health flags) and stats CSV (the KD
+    differences of ``model``); nothing for files that are absent."""
+    from mlflow.entities import Metric
+
+    tags, metrics = {}, []
+    table = Path(info["table_csv"]) if info.get("table_csv") else None
+    if table is not None and table.exists():
+        rows = pd.read_csv(table)
+        rows = rows[rows["model"] == model]
+        if len(rows):
+            flags = rows["health"].iloc[0] if "health" in rows and isinstance(rows["health"].iloc[0], str) else ""
+            notes = rows["health_notes"].iloc[0] if "health_notes" in rows else ""
+            tags["health"] = flags.replace(";", "; ") if flags else "ok"
+            if isinstance(notes, str) and notes:
+                tags["health_notes"] = notes[:5000]
+    stats = Path(info["stats_csv"]) if info.get("stats_csv") else None
+    if stats is not None and stats.exists():
+        kd = pd.read_csv(stats)
+        kd = kd[(kd["kind"] == "kd_effect") & (kd["model"] == model)]
+        for r in kd.to_dict("records"):
+            tags["kd.compared_to"] = str(r["compared_to"])
+            base = f"kd.{r['convention']}.{r['class']}.{r['metric']}"
+            for field in ("diff", "ci_low", "ci_high", "ci_cases_low", "ci_cases_high", "p_better", "p", "p_holm"):
+                value = r.get(field)
+                if value is not None and np.isfinite(float(value)):
+                    metrics.append(Metric(f"{base}.{field}", float(value), end_ms or 0, 0))
+    return tags, metrics
+
+
 def _run_files(run: dict) -> list[Path]:
     d = Path(run["model_dir"])
     files = [d / n for n in ("config.json", "summary.json", "env.json", "epochs.jsonl", "model.pt")]
@@ -284,7 +325,11 @@ def _log_group(client, exp_id: str, group_key: str, members: list[dict], info: d
         metrics.append(Metric(k, float(np.mean(vals)), end_ms or 0, 0))
         if len(vals) > 1:
             metrics.append(Metric(f"sd.{k}", float(np.std(vals, ddof=1)), end_ms or 0, 0))
-    _log_batch(client, pid, metrics, params + [Param("seeds", json.dumps([int(r["seed"]) for r, *_ in loaded]))])
+    evidence_tags, evidence = _parent_evidence(info, group_key.split("/", 1)[1], end_ms)
+    for key, value in evidence_tags.items():
+        client.set_tag(pid, key, value)
+    _log_batch(client, pid, metrics + evidence,
+               params + [Param("seeds", json.dumps([int(r["seed"]) for r, *_ in loaded]))])
     if dataset is not None:
         client.log_inputs(pid, datasets=[dataset])
     for f in info.get("files", []):
@@ -304,7 +349,11 @@ def _log_child(client, exp_id: str, parent_id: str, run: dict, cfg: dict, summar
                                     "medkd.run_key": run["key"]})
     rid = child.info.run_id
     metrics = []
-    for h in read_jsonl(Path(run["model_dir"]) / "epochs.jsonl"):
+    epochs = read_jsonl(Path(run["model_dir"]) / "epochs.jsonl")
+    # the step of the selected checkpoint: the test metrics and the logged model sit at the best epoch
+    best = summary.get("best_epoch")
+    model_step = int(best) if best is not None else (int(epochs[-1]["epoch"]) if epochs else 0)
+    for h in epochs:
         ts = _ms(h.get("time")) or start_ms or 0
         step = int(h["epoch"])
         for k in EPOCH_KEYS:
@@ -313,8 +362,8 @@ def _log_child(client, exp_id: str, parent_id: str, run: dict, cfg: dict, summar
         for part, value in (h.get("terms") or {}).items():
             metrics.append(Metric(term_metric(part), float(value), ts, step))
     for k, v in tests.items():
-        metrics.append(Metric(k, v, end_ms or 0, 0))
-    metrics.append(Metric("params", float(summary["params"]), end_ms or 0, 0))
+        metrics.append(Metric(k, v, end_ms or 0, model_step))
+    metrics.append(Metric("params", float(summary["params"]), end_ms or 0, model_step))
     _log_batch(client, rid, metrics, params + [Param("seed", str(cfg["seed"]))])
     if dataset is not None:
         client.log_inputs(rid, datasets=[dataset])
@@ -322,7 +371,7 @@ def _log_child(client, exp_id: str, parent_id: str, run: dict, cfg: dict, summar
         if f.exists() and f.name != "model.pt":
             client.log_artifact(rid, str(f))
     if log_models:
-        _log_model(rid, Path(run["model_dir"]))
+        _log_model(rid, Path(run["model_dir"]), model_name(run["key"]), model_step)
     client.set_terminated(rid, "FINISHED", end_time=end_ms)
     return rid
 
@@ -337,8 +386,9 @@ def _pickle_warning_once(record: logging.LogRecord) -> bool:
     return not seen
 
 
-def _log_model(run_id: str, model_dir: Path) -> None:
-    """The best checkpoint as an MLflow PyTorch model (name ``model``) of run ``run_id``. The pip
+def _log_model(run_id: str, model_dir: Path, name: str, step: int) -> None:
+    """The best checkpoint as an MLflow PyTorch model named ``name`` of run ``run_id``, logged at ``step`` (the
+    best epoch: MLflow links the run's metrics of that step to the model, so its page shows them). The pip
     requirements are given (medkd and the torch it ran with) so MLflow does not infer them, which would
     import the model in a subprocess per run."""
     import mlflow
@@ -352,5 +402,5 @@ def _log_model(run_id: str, model_dir: Path) -> None:
     if _pickle_warning_once not in flavour_log.filters:
         flavour_log.addFilter(_pickle_warning_once)
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+        mlflow.pytorch.log_model(model, name=name, step=step, serialization_format="pickle",
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "medkd"])

@@ -53,3 +53,29 @@ def test_flags_and_differences_end_to_end(health_workflow):
     health = (wd / "results/tables/health.md").read_text()
     assert "- tiny / teacher: trivial_teacher: test Dice of " in health
     assert "- tiny / student_kd: flagged_teacher: distilled from a flagged teacher" in health
+
+
+def test_mlflow_parent_runs_carry_health_and_the_kd_differences(health_workflow):
+    """The parent run of each (experiment, model) holds its health flags (tag ``health``) and, for the KD
+    student, its paired differences with both intervals (``kd.<conv>.<class>.<metric>.<field>``)."""
+    from mlflow.tracking import MlflowClient
+
+    wd = health_workflow
+    client = MlflowClient(f"sqlite:///{wd / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("medkd-test/tiny")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], max_results=1000)}
+    table = pd.read_csv(wd / "results/tables/tiny.csv").drop_duplicates("model").set_index("model")
+    for model in ("teacher", "student", "student_kd"):
+        flags = table.loc[model, "health"]
+        want = flags.replace(";", "; ") if isinstance(flags, str) and flags else "ok"
+        assert runs[f"tiny/{model}"].data.tags["health"] == want, model
+    assert "trivial_teacher" in runs["tiny/teacher"].data.tags["health"]
+    assert runs["tiny/teacher"].data.tags["health_notes"].startswith("trivial_teacher: test Dice of ")
+    stats = pd.read_csv(wd / "results/tables/tiny_stats.csv")
+    kd = stats[(stats.kind == "kd_effect") & (stats.model == "student_kd") & (stats.metric == "dice")
+               & (stats["class"] == "wm") & (stats.convention == "engine")].iloc[0]
+    parent = runs["tiny/student_kd"].data
+    assert parent.tags["kd.compared_to"] == kd["compared_to"] == "student"
+    for field in ("diff", "ci_low", "ci_high", "ci_cases_low", "ci_cases_high", "p_better", "p", "p_holm"):
+        assert parent.metrics[f"kd.engine.wm.dice.{field}"] == pytest.approx(kd[field]), field
+    assert not any(k.startswith("kd.") for k in runs["tiny/student"].data.metrics)

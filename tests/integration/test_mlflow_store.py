@@ -105,10 +105,31 @@ def test_model_artifact_predicts_like_the_checkpoint(store, tiny_workflow):
     mlflow.set_tracking_uri(uri)
     model_dir = tiny_workflow / "results/tiny/models/student_kd/seed0"
     reference, spec = load_trained(model_dir)
-    logged = mlflow.pytorch.load_model(f"runs:/{runs['tiny/student_kd/seed0'].info.run_id}/model", map_location="cpu")
+    logged = mlflow.pytorch.load_model(f"runs:/{runs['tiny/student_kd/seed0'].info.run_id}/tiny-student_kd-seed0",
+                                       map_location="cpu")
     logged.eval()
     data = load_split(spec, tiny_workflow / "results/slices/embedded.h5", tiny_workflow / "results/splits/tiny.json", "test")
     batch = data.batch(torch.arange(min(8, len(data))))
     with torch.no_grad():
         a, b = forward_model(logged, batch), forward_model(reference, batch)
     assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_logged_models_are_named_by_run_and_show_the_best_epoch(store, tiny_workflow):
+    """Each logged model is named <exp>-<model>-seed<k> and carries the metrics of its best epoch (validation)
+    and the test metrics, not the epoch-0 values."""
+    _, client, exp, runs = store
+    models = {m.name: m for m in client.search_logged_models(experiment_ids=[exp.experiment_id])}
+    assert set(models) == {f"tiny-{m}-seed0" for m in ("teacher", "student", "student_kd")}
+    for name, m in models.items():
+        model = name.split("-")[1]
+        summary = json.loads((tiny_workflow / f"results/tiny/models/{model}/seed0/summary.json").read_text())
+        epochs = [json.loads(x) for x in (tiny_workflow / f"results/tiny/models/{model}/seed0/epochs.jsonl")
+                  .read_text().splitlines()]
+        best = summary["best_epoch"]
+        assert m.source_run_id == runs[f"tiny/{model}/seed0"].info.run_id
+        got = {x.key: x for x in m.metrics}
+        assert {x.step for x in m.metrics} == {best}, name
+        assert got["val_dice"].value == pytest.approx([e for e in epochs if e["epoch"] == best][0]["val_dice"])
+        assert got["test.engine.wm.dice"].value == runs[f"tiny/{model}/seed0"].data.metrics["test.engine.wm.dice"]
+

@@ -487,7 +487,11 @@ def track_experiments():
                 f"results/tables/{e}.md",
                 f"results/tables/{e}.csv",
                 f"results/tables/{e}_verdicts.csv",
+                f"results/tables/{e}_stats.csv",
             ],
+            # the parent runs' health flags and KD differences
+            "table_csv": f"results/tables/{e}.csv",
+            "stats_csv": f"results/tables/{e}_stats.csv",
             "dataset": c["dataset"],
             "store": f"results/slices/{c['dataset']}.h5",
             "fingerprint": f"results/slices/{c['dataset']}.json",

@@ -1,6 +1,7 @@
 # track: mirrors an experiment's finished runs into the SQLite store as soon as its tables and figures
 # exist (one job per experiment, so tracking overlaps the other experiments' training): a parent run per
-# (experiment, model) with the mean and sd over seeds, a child run per seed (params, epoch and loss-term
+# (experiment, model) with the mean and sd over seeds, its health flags and its KD differences with their
+# intervals, a child run per seed (params, epoch and loss-term
 # curves with the training's timestamps, test metrics, the model), the experiment's figures, provenance and
 # source tags, the slice store as input dataset (medkd.tracking). The jobs take turns on the store: each
 # holds an exclusive lock on results/mlflow.db.lock while it writes.
@@ -17,6 +18,7 @@ rule track:
         ],
         figures=lambda w: experiment_figures(w.exp),
         verdicts="results/tables/{exp}_verdicts.csv",
+        stats="results/tables/{exp}_stats.csv",
     output:
         runs="results/mlflow/runs/{exp}.json",
     log:
