@@ -58,7 +58,7 @@ from medkd.io import read_json, read_jsonl, write_json
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's ExperimentKind for model training
 SOURCE_NAME = "Snakefile"
 EPOCH_KEYS = ("train_loss", "lr", "val_loss", "val_dice", "val_mse", "slices_per_second", "train_seconds")
-TRACKING_VERSION = "2"  # part of the content hash: a new layout re-logs every run once
+TRACKING_VERSION = "3"  # part of the content hash: a new layout re-logs every run once
 
 
 def _flatten(obj, prefix: str = "") -> dict:
