@@ -210,6 +210,21 @@ def model_label(name: str, cfg: dict) -> str:
     return f"{name}: {kind}"
 
 
+MLFLOW_UI = "http://127.0.0.1:5000"
+"""Where ``make ui`` serves the MLflow UI: the model cards link their runs there."""
+
+
+def run_link(runs: dict, exp: str, key: str) -> str:
+    """An HTML link to run ``key`` of ``runs`` (the track stage's JSON) in the MLflow UI of ``make ui``, on the
+    model-training view (``workflowType=machine_learning``; without it MLflow 3 opens its GenAI view), or "-"."""
+    rid = runs.get(key)
+    if not rid:
+        return "-"
+    exp_id = runs.get(exp)
+    path = f"experiments/{exp_id}/runs/{rid}" if exp_id else f"runs/{rid}"
+    return f'<a href="{MLFLOW_UI}/#/{path}?workflowType=machine_learning">{esc(rid)}</a>'
+
+
 def model_card(exp: str, model: str, exp_cfg: dict, table: pd.DataFrame, dirs: list[Path],
                metrics: pd.DataFrame | None, runs: dict) -> str:
     cfg = exp_cfg["models"][model]
@@ -219,9 +234,13 @@ def model_card(exp: str, model: str, exp_cfg: dict, table: pd.DataFrame, dirs: l
             ("loss terms", "; ".join(f"{t.get('weight', 1.0)} x {t['loss']}"
                                      + (f" (teacher {t['teacher']}, {t.get('teacher_tap')})" if t.get("teacher") else "")
                                      for t in cfg.get("losses", []))),
-            ("MLflow parent run", runs.get(f"{exp}/{model}", "-"))]
-    body = ["<table id=\"model-info\"><tbody>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in info)
-            + "</tbody></table>"]
+            ]
+    rows = [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in info]
+    rows.append(f"<tr><th>MLflow parent run</th><td>{run_link(runs, exp, f'{exp}/{model}')} "
+                f"(<code>make ui</code>)</td></tr>")
+    rows += [f"<tr><th>MLflow run, {esc(d.name)}</th><td>{run_link(runs, exp, f'{exp}/{model}/{d.name}')}</td></tr>"
+             for d in sorted(dirs, key=lambda p: p.name)]
+    body = ["<table id=\"model-info\"><tbody>" + "".join(rows) + "</tbody></table>"]
     seeds = []
     for d in sorted(dirs, key=lambda p: p.name):
         s = read_json(d / "summary.json")

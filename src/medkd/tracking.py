@@ -36,7 +36,7 @@ custom_model_development``, so MLflow 3's UI opens it on the runs view of a mode
 A (experiment, model) is re-logged only when its files changed (tag ``medkd.content_hash``, over every
 seed's files, the figures and the tables); its previous parent and children are deleted, so the store
 always mirrors the current files. Writes {run key: run id} for children (``<exp>/<model>/seed<k>``) and
-parents (``<exp>/<model>``).
+parents (``<exp>/<model>``), and {``<exp>``: its MLflow experiment id}.
 """
 
 from __future__ import annotations
@@ -175,6 +175,7 @@ def _sync_runs(runs: list[dict], tracking_uri: str, prefix: str, artifact_root: 
     for (exp, model), members in groups.items():
         info = experiments.get(exp, {})
         exp_id = _experiment(client, f"{prefix}/{exp}", artifact_root / exp, info.get("description", ""))
+        run_ids[exp] = exp_id  # the MLflow experiment id, for links into the UI (medkd.reportpages)
         files = []
         for run in members:
             files += _run_files(run)

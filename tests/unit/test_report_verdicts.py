@@ -82,3 +82,14 @@ def test_paper_table_carries_the_verdicts(tmp_path):
     assert list(df["dice_verdict"]) == ["outside CI", "within CI"]
     md = (tmp_path / "p.md").read_text()
     assert "0.500 ± 0.010 (0.700) outside CI [0.450, 0.550]" in md and "within CI [0.550, 0.650]" in md
+
+
+def test_model_cards_link_runs_on_the_training_view_of_make_ui():
+    from medkd.reportpages import MLFLOW_UI, run_link
+
+    runs = {"e": "7", "e/m": "abc", "e/m/seed0": "def"}
+    assert run_link(runs, "e", "e/m") == (f'<a href="{MLFLOW_UI}/#/experiments/7/runs/abc?workflowType='
+                                          'machine_learning">abc</a>')
+    assert "#/runs/def?workflowType=machine_learning" in run_link({"e/m/seed0": "def"}, "e", "e/m/seed0")
+    assert run_link(runs, "e", "e/other") == "-"
+    assert MLFLOW_UI == "http://127.0.0.1:5000"  # what `make ui` serves (Makefile)
