@@ -23,6 +23,13 @@ states the number behind it and the bound it crossed (config ``health:``, defaul
   cases are excluded) by more than ``margin_dice``. Reconstruction and super-resolution: the test PSNR
   is not above the input's (the experiment's ``baseline`` model with arch ``identity``: zero-filled or
   low-resolution image) by more than ``margin_psnr_db``.
+* ``equals_input``: a reconstruction or super-resolution model (not the baseline itself) whose test PSNR
+  equals the input's (the ``baseline`` model with arch ``identity``) on every (case, seed) pair within
+  ``equal_psnr_db``: its output is its input, whatever its mean says.
+* ``feature_stage``: a model none of whose loss terms reads its output (every term's ``student_tap`` is an
+  inner layer: feature imitation only, e.g. KD-MRI's attention-transfer step). It is a stage that initialises
+  the models that ``init_from`` it, not a model of the task: its test metrics score an output head that no loss
+  trained.
 * ``flagged_teacher``: a model distilled from a teacher (its ``teachers``) that is not sound: one that carries
   ``trivial_teacher``, ``collapse`` or ``non_finite`` (:data:`UNSOUND_TEACHER`). ``not_converged`` alone does
   not propagate: a teacher still improving at its last epoch can be a good teacher (the embedded default's
@@ -50,8 +57,10 @@ HEALTH_DEFAULTS = {
     "collapse_drop_psnr_db": 3.0,
     "converge_tail": 0.25,
     "converge_gain": 0.1,
+    "equal_psnr_db": 0.01,
 }
-FLAGS = ("non_finite", "not_converged", "collapse", "trivial_teacher", "flagged_teacher")
+FLAGS = ("non_finite", "not_converged", "collapse", "trivial_teacher", "equals_input", "feature_stage",
+         "flagged_teacher")
 UNSOUND_TEACHER = ("non_finite", "collapse", "trivial_teacher")
 """The teacher flags that make its students ``flagged_teacher``."""
 HEALTH_METRIC = {"segmentation": "dice", "reconstruction": "psnr", "super_resolution": "psnr"}
@@ -190,6 +199,45 @@ def check_trivial_teacher(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: d
             f"{b['margin_psnr_db']:g} dB (difference {t - i:+.2f} dB): the teacher does not improve on its input.")
 
 
+def _input_baseline(exp_cfg: dict) -> str | None:
+    return next((m for m, c in exp_cfg["models"].items() if c["role"] == "baseline" and c["arch"] == "identity"), None)
+
+
+def check_equals_input(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: dict) -> str | None:
+    """Sentence for a reconstruction/SR model whose per-case PSNR equals the input baseline's on every
+    (case, seed) pair within ``equal_psnr_db``, or None (segmentation, no baseline, the baseline itself)."""
+    base = _input_baseline(exp_cfg)
+    if exp_cfg["task"] == "segmentation" or base is None or model == base:
+        return None
+    sel = metrics[(metrics["metric"] == "psnr") & (metrics["convention"] == "engine")]
+    ours = sel[sel["model"] == model].set_index(["case", "seed"])["value"]
+    inp = sel[sel["model"] == base].groupby("case")["value"].first()  # the input does not depend on the seed
+    if ours.empty or inp.empty:
+        return None
+    diff = (ours - inp.reindex(ours.index.get_level_values("case")).to_numpy()).abs()
+    if diff.isna().any() or diff.max() > b["equal_psnr_db"]:
+        return None
+    return (f"test PSNR equals the input's ({base}) on all {len(diff)} case-seed pairs (largest difference "
+            f"{diff.max():.3f} dB, bound {b['equal_psnr_db']:g} dB): its output is its input.")
+
+
+def check_feature_stage(losses: list[dict] | None, model: str, exp_cfg: dict) -> str | None:
+    """Sentence for a model that trains no loss on its output (every term's student tap an inner layer), or
+    None. ``losses``: the resolved spec's terms (``student_tap`` a name or a list of names, ``out`` = output)."""
+    if not losses:
+        return None
+    taps = [t.get("student_tap", "out") for t in losses]
+    if any(tap == "out" or (isinstance(tap, list) and "out" in tap) for tap in taps):
+        return None
+    terms = "; ".join(f"{t['loss']} on {', '.join(tap) if isinstance(tap, list) else tap}" for t, tap in zip(losses, taps))
+    followers = [m for m, c in exp_cfg["models"].items() if c.get("init_from") == model]
+    role = f"a stage that initialises {', '.join(followers)}" if followers else "a feature-imitation stage"
+    what = {"segmentation": "segmentation", "reconstruction": "reconstruction",
+            "super_resolution": "super-resolution"}[exp_cfg["task"]]
+    return (f"trains no loss on its output, only feature imitation ({terms}): {role}, not a {what} model; its "
+            "test metrics score an output head no loss trained.")
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 
@@ -205,7 +253,8 @@ def _histories(model_dirs) -> dict[str, dict]:
         mode = sel.get("mode") or ("max" if metric == "val_dice" else "min")
         if metric == "last":
             metric, mode = "val_loss", "min"
-        entry = out.setdefault(spec["model"], {"seeds": {}, "metric": metric, "mode": mode})
+        entry = out.setdefault(spec["model"], {"seeds": {}, "metric": metric, "mode": mode,
+                                               "losses": spec.get("losses")})
         entry["seeds"][int(cfg["seed"])] = read_jsonl(d / "epochs.jsonl")
     return out
 
@@ -226,6 +275,9 @@ def assess(exp_cfg: dict, metrics: pd.DataFrame, model_dirs, bounds: dict | None
                                                   b["converge_gain"])),
             ("collapse", check_collapse(metrics, model, task, b)),
             ("trivial_teacher", check_trivial_teacher(metrics, model, exp_cfg, b) if mcfg["role"] == "teacher" else None),
+            ("equals_input", check_equals_input(metrics, model, exp_cfg, b) if mcfg["role"] != "baseline" else None),
+            ("feature_stage", check_feature_stage(h.get("losses"), model, exp_cfg) if mcfg["role"] != "baseline"
+             else None),
         ]
         flags[model] = [Flag(model, name, s) for name, s in checks if s]
     for model, mcfg in exp_cfg["models"].items():  # teachers have no teachers (config check): one pass

@@ -49,6 +49,32 @@ def test_trivial_teacher_reconstruction_against_the_input_baseline():
     assert H.check_trivial_teacher(m, "t", cfg, {**B, "margin_psnr_db": 0.1}) is None
 
 
+def test_equals_input_needs_every_case_and_seed_to_match_the_input():
+    zf = per_case("zf", {0: [27.0, 28.0], 1: [27.0, 28.0]}, metric="psnr", cls="image")
+    same = per_case("at", {0: [27.0, 28.004], 1: [27.0, 28.0]}, metric="psnr", cls="image")
+    cfg = {"task": "super_resolution", "models": {"zf": {"role": "baseline", "arch": "identity"},
+                                                  "at": {"role": "student", "arch": "vdsr_student"}}}
+    assert H.check_equals_input(pd.concat([zf, same]), "at", cfg, B) == (
+        "test PSNR equals the input's (zf) on all 4 case-seed pairs (largest difference 0.004 dB, bound 0.01 dB): "
+        "its output is its input.")
+    # one case of one seed 0.05 dB away: a model, however close its mean
+    near = per_case("at", {0: [27.0, 28.05], 1: [27.0, 28.0]}, metric="psnr", cls="image")
+    assert H.check_equals_input(pd.concat([zf, near]), "at", cfg, B) is None
+    assert H.check_equals_input(pd.concat([zf, same]), "zf", cfg, B) is None  # the baseline itself
+    assert H.check_equals_input(pd.concat([zf, same]), "at", {**cfg, "task": "segmentation"}, B) is None
+
+
+def test_feature_stage_is_a_model_with_no_loss_on_its_output():
+    cfg = {"task": "reconstruction", "models": {"at": {"role": "student"}, "kd": {"role": "student", "init_from": "at"}}}
+    at = [{"loss": "attention_transfer", "student_tap": ["c0.relu2", "c1.relu2"]}]
+    assert H.check_feature_stage(at, "at", cfg) == (
+        "trains no loss on its output, only feature imitation (attention_transfer on c0.relu2, c1.relu2): a stage "
+        "that initialises kd, not a reconstruction model; its test metrics score an output head no loss trained.")
+    assert H.check_feature_stage([{"loss": "l1", "student_tap": "out"}, *at], "kd", cfg) is None
+    assert H.check_feature_stage([{"loss": "l1"}], "kd", cfg) is None  # no tap named: the output
+    assert H.check_feature_stage(None, "kd", cfg) is None
+
+
 def test_collapse_wording_and_bounds():
     m = per_case("s", {0: [0.8, 0.9], 1: [0.3, 0.4], 2: [0.85, 0.85]})  # per-seed means 0.85, 0.35, 0.85
     assert H.check_collapse(m, "s", "segmentation", B) == (
