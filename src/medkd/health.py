@@ -131,9 +131,13 @@ def check_not_converged(histories: dict[int, list[dict]], metric: str, mode: str
         total, tail_gain = s[-1] - s[0], s[-1] - s[-1 - k]
         if s[-1] > s[:-1].max() and total > 0 and tail_gain > gain * total:
             direction = "rose" if mode == "max" else "fell"
+            if tail_gain <= total:
+                share = f"{_pct(tail_gain / total)} of its total change of {_num(total, 4)} since epoch 0"
+            else:  # the curve went below its start first: a ratio over 100 % would mean nothing
+                share = (f"more than its whole net change of {_num(total, 4)} since epoch 0, having first gone "
+                         "below its start")
             parts.append(f"seed {seed}: {metric} {direction} by {_num(tail_gain, 4)} in the last {k} of {n} epochs "
-                         f"({_pct(tail_gain / total)} of its total change of {_num(total, 4)} since epoch 0) and the "
-                         f"last epoch is its best")
+                         f"({share}) and the last epoch is its best")
     if not parts:
         return None
     return ("; ".join(parts) + f" (bound: at most {_pct(gain)} of the improvement in the last {_pct(tail)} of "
@@ -318,7 +322,12 @@ def health_markdown(rows: list[tuple[str, str, str, str]], n_models: int, n_expe
                  f"{_n(n_experiments, 'experiment')} ("
                  + ", ".join(f"{f} {counts[f]}" for f in FLAGS if f in counts) + "). A flag explains a number; "
                  "it changes none (README: How to read the tables).")
-    lines.append("")
+    lines += ["", "## Flagged models", ""]
+    by_model: dict[tuple[str, str], list[str]] = {}
+    for e, m, f, _ in rows:
+        by_model.setdefault((e, m), []).append(f)
+    lines += [f"- {e} / {m}: {', '.join(fs)}" for (e, m), fs in by_model.items()]
+    lines += ["", "## Details", ""]
     for e, m, f, s in rows:
         lines.append(f"- {e} / {m}: {f}: {s}")
     return "\n".join(lines) + "\n"

@@ -112,6 +112,20 @@ def test_not_converged_definition_and_wording():
     falling = {3: epochs("val_loss", [1.0, 0.8, 0.7, 0.65, 0.6, 0.58, 0.5, 0.4])}
     assert H.check_not_converged(falling, "val_loss", "min").startswith(
         "seed 3: val_loss fell by 0.1800 in the last 2 of 8 epochs (30% of its total change of 0.6000 since epoch 0)")
+    # a curve that first dips below its start: the tail gain 0.30 exceeds the net change 0.05; no "600%"
+    dipped = {1: epochs("val_dice", [0.40, 0.20, 0.15, 0.45])}
+    assert H.check_not_converged(dipped, "val_dice", "max").startswith(
+        "seed 1: val_dice rose by 0.3000 in the last 1 of 4 epochs (more than its whole net change of 0.0500 since "
+        "epoch 0, having first gone below its start) and the last epoch is its best")
+
+
+def test_health_md_lists_each_flagged_model_once_then_the_details():
+    rows = [("e", "t", "not_converged", "a."), ("e", "t", "collapse", "b."), ("f", "s", "feature_stage", "c.")]
+    md = H.health_markdown(rows, 5, 2)
+    assert "3 flags on 2 of 5 models in 2 experiments (not_converged 1, collapse 1, feature_stage 1)" in md
+    head, details = md.split("## Details")
+    assert "## Flagged models\n\n- e / t: not_converged, collapse\n- f / s: feature_stage\n" in head
+    assert "- e / t: not_converged: a.\n- e / t: collapse: b.\n- f / s: feature_stage: c.\n" in details
 
 
 # ------------------------------------------------------------------------------------------ through the tables
