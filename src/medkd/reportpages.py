@@ -499,6 +499,14 @@ def write_overview(cfg: dict, config_files: list[str], all_csv, model_dirs: list
                   f"size, trained {r.get('epochs')} epoch(s) of at most {r.get('steps')} steps, {r.get('seeds')} "
                   f"seed(s). It shows that the paper config runs end to end and what each job needs "
                   f"(results/rehearsal/resources.csv); no number here says anything about the papers.</p>"]
+    head = headline_frame(df, {n: {"task": e["task"], "models": list(e["models"])}
+                               for n, e in cfg["experiments"].items()})
+    banner.append(f"<p id=\"run-banner\" style=\"font-size:15px;font-weight:bold\">{esc(run_banner(cfg, pn))}</p>")
+    banner += ["<h2>Headline</h2>", table_html(head, "headline"),
+               "<p class=\"note\">Main metric per model (engine convention): mean ± sd over seeds of the per-case mean; "
+               "KD Δ: paired difference to the model it is compared with, with its 95% interval over training seeds "
+               "and test cases (each experiment's table has the details); health: the model's flags (README: How to "
+               "read the tables).</p>"]
     body = banner + ["<p>This report was built by <code>make report</code> from the files of a finished run. Each experiment "
             "is a category of the menu (experiment table, paper layout, figures with the qualitative panels, one "
             "card per model); <b>Overview</b> holds every paper number with its verdict and all.csv.</p>",
@@ -532,6 +540,45 @@ def write_overview(cfg: dict, config_files: list[str], all_csv, model_dirs: list
     body += ["<h2>Health</h2>", _health_summary(df)]
     write_text(out_html, f"<div id=\"medkd-overview\"><style>#medkd-overview table{{font-size:12px}}"
                          f"#medkd-overview th{{text-align:left}}</style><h1>medkd run report</h1>{''.join(body)}</div>\n")
+
+
+def headline_frame(df: pd.DataFrame, experiments: dict) -> pd.DataFrame:
+    """The landing page's answer first: per experiment (config order), model (config order) and class, the main
+    metric (the task's first in :data:`medkd.stats.MAIN_METRICS`, engine convention) as mean ± sd over seeds,
+    the KD difference to ``compared_to`` with its 95 % interval over seeds and cases, and the health flags
+    (``ok`` when none). ``df``: all.csv; ``experiments``: {name: {"task", "models": [names]}}."""
+    rows = []
+    for exp, e in experiments.items():
+        metric = _report.MAIN_METRICS[e["task"]][0]
+        sel = df[(df["experiment"] == exp) & (df["metric"] == metric) & (df["convention"] == "engine")]
+        order = {m: i for i, m in enumerate(e.get("models", []))}
+        sel = sel.assign(_o=sel["model"].map(order).fillna(len(order))).sort_values(["_o", "class"], kind="stable")
+        d = 2 if metric in ("hd95", "psnr") else 3
+        for r in sel.to_dict("records"):
+            mean = f"{r['mean']:.{d}f}" + (f" ± {r['sd']:.{d}f}" if pd.notna(r.get("sd")) else "")
+            delta = ""
+            if isinstance(r.get("compared_to"), str) and r["compared_to"] and pd.notna(r.get("diff")):
+                delta = f"{r['diff']:+.{d}f}"
+                if pd.notna(r.get("ci_low")):
+                    delta += f" [{r['ci_low']:.{d}f}, {r['ci_high']:.{d}f}]"
+                delta += f" vs {r['compared_to']}"
+            flags = r.get("health") if isinstance(r.get("health"), str) and r.get("health") else "ok"
+            rows.append({"experiment": exp, "model": r["model"], "metric": f"{metric} {r['class']}", "mean ± sd": mean,
+                         "KD Δ [95% CI seeds+cases]": delta, "health": flags.replace(";", ", ")})
+    return pd.DataFrame(rows, columns=["experiment", "model", "metric", "mean ± sd", "KD Δ [95% CI seeds+cases]",
+                                       "health"])
+
+
+def run_banner(cfg: dict, pn: pd.DataFrame | None) -> str:
+    """One sentence of what the run is: its config's description and how many paper numbers got a verdict."""
+    what = cfg.get("description") or "this run"
+    if pn is None or not len(pn):
+        return f"{what}: no paper number is compared."
+    judged = int(pn["verdict"].astype(str).str.startswith(("within", "outside")).sum())
+    text = f"{what}: {judged} of {len(pn)} paper numbers have a verdict"
+    if judged == 0:
+        text += "; config/paper.yaml, on the papers' data, produces them"
+    return text + "."
 
 
 def _health_summary(df: pd.DataFrame) -> str:

@@ -93,3 +93,31 @@ def test_model_cards_link_runs_on_the_training_view_of_make_ui():
     assert "#/runs/def?workflowType=machine_learning" in run_link({"e/m/seed0": "def"}, "e", "e/m/seed0")
     assert run_link(runs, "e", "e/other") == "-"
     assert MLFLOW_UI == "http://127.0.0.1:5000"  # what `make ui` serves (Makefile)
+
+
+def test_headline_answers_first_main_metric_kd_difference_and_health():
+    from medkd.reportpages import headline_frame, run_banner
+
+    rows = [
+        {"experiment": "e", "model": "kd", "class": "wm", "metric": "dice", "convention": "engine", "mean": 0.8123,
+         "sd": 0.0101, "compared_to": "s", "diff": 0.0412, "ci_low": -0.0201, "ci_high": 0.1025, "health": "collapse"},
+        {"experiment": "e", "model": "s", "class": "wm", "metric": "dice", "convention": "engine", "mean": 0.7711,
+         "sd": 0.02, "compared_to": math.nan, "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+         "health": math.nan},
+        {"experiment": "e", "model": "s", "class": "wm", "metric": "hd95", "convention": "engine", "mean": 3.0,
+         "sd": 0.1, "compared_to": math.nan, "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+         "health": math.nan},
+        {"experiment": "r", "model": "t", "class": "image", "metric": "psnr", "convention": "engine", "mean": 30.123,
+         "sd": math.nan, "compared_to": math.nan, "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+         "health": "not_converged;equals_input"},
+    ]
+    head = headline_frame(pd.DataFrame(rows), {"e": {"task": "segmentation", "models": ["s", "kd"]},
+                                               "r": {"task": "reconstruction", "models": ["t"]}})
+    assert head.values.tolist() == [
+        ["e", "s", "dice wm", "0.771 ± 0.020", "", "ok"],
+        ["e", "kd", "dice wm", "0.812 ± 0.010", "+0.041 [-0.020, 0.102] vs s", "collapse"],
+        ["r", "t", "psnr image", "30.12", "", "not_converged, equals_input"]]
+    pn = pd.DataFrame({"verdict": ["not run here (data gated: x)", "no code path (y)", "within CI", "outside CI"]})
+    assert run_banner({"description": "d"}, pn) == "d: 2 of 4 paper numbers have a verdict."
+    assert run_banner({"description": "d"}, pn.iloc[:2]) == (
+        "d: 0 of 2 paper numbers have a verdict; config/paper.yaml, on the papers' data, produces them.")
