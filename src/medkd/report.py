@@ -446,8 +446,13 @@ def health_report(df: pd.DataFrame) -> str:
     return _health.health_markdown(rows, len(models), df["experiment"].nunique())
 
 
-def _gain(value: float, base: float) -> float:
-    return 100.0 * (value - base) / base if base and not math.isnan(base) and not math.isnan(value) else math.nan
+def _gain(value: float, base: float, metric: str = "") -> float:
+    """Relative improvement over ``base`` in percent, in the metric's direction: positive is better, so for a
+    metric of :data:`medkd.stats.LOWER_IS_BETTER` (HD95) a reduction is a gain; NaN without a base."""
+    if not base or math.isnan(base) or math.isnan(value):
+        return math.nan
+    sign = -1.0 if metric in _stats.LOWER_IS_BETTER else 1.0
+    return sign * 100.0 * (value - base) / base
 
 
 def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | Path],
@@ -491,8 +496,8 @@ def paper_table(group: str, exp_cfgs: dict[str, dict], tables: dict[str, str | P
                                 f"{m}_verdict": vr["verdict"]})
                 ref = mcfg.get("compare_to")
                 if ref and (ref, m) in sel.index:
-                    row[f"{m}_gain_pct"] = _gain(r["mean"], sel.loc[(ref, m)]["mean"])
-                    row[f"{m}_gain_pct_paper"] = _gain(r["paper_value"], sel.loc[(ref, m)]["paper_value"])
+                    row[f"{m}_gain_pct"] = _gain(r["mean"], sel.loc[(ref, m)]["mean"], m)
+                    row[f"{m}_gain_pct_paper"] = _gain(r["paper_value"], sel.loc[(ref, m)]["paper_value"], m)
                 if ref and has_stats:  # paired statistics: the headline convention, else the engine's per-case values
                     for c in dict.fromkeys((conv, "engine")):
                         if (model, m, c) in by_conv.index and pd.notna(by_conv.loc[(model, m, c), "diff"]):
@@ -552,7 +557,8 @@ def paper_layout(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
         rows.append(cells)
     conv = ", ".join(sorted(set(df["convention"])))
     spread = ", ".join(sorted(set(df["spread"].dropna()))) if "spread" in df else "sd over seeds"
-    note = (f"Convention: {conv}. Cells: ours mean ± {spread} (paper's value); gains relative to "
+    note = (f"Convention: {conv}. Cells: ours mean ± {spread} (paper's value); gains (positive = better: for HD95 a "
+            "reduction) relative to "
             "the model each row is compared with (config `compare_to`), ours (paper's); Δ: paired difference to "
             f"that model (same case and seed), [{CI_TEXT}], {P_TEXT}, and Holm-adjusted p_holm within the "
             "experiment; (engine) when the headline "

@@ -68,3 +68,12 @@ def test_paper_table_shows_paired_difference(tmp_path):
     md = (tmp_path / "p.md").read_text()
     assert "| spleen | kd | 100 | 0.600 ± 0.010, +20.0%; Δ +0.100 [0.050, 0.150], p = 0.03, p_holm = 0.09 (engine) |" in md
     assert "| dice ours (paper) |" in md  # the stats columns are not taken for metrics
+
+
+def test_gain_follows_the_metric_direction():
+    from medkd.report import _gain
+
+    assert _gain(0.6, 0.5, "dice") == pytest.approx(20.0)
+    assert _gain(4.0, 5.0, "hd95") == pytest.approx(20.0)  # HD95 5 -> 4 mm is a 20 % gain
+    assert _gain(5.19, 5.0, "hd95") == pytest.approx(-3.8)  # and 5 -> 5.19 mm a loss, not "+3.8 %"
+    assert math.isnan(_gain(0.6, math.nan, "dice")) and math.isnan(_gain(0.6, 0.0, "dice"))
