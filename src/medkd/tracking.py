@@ -15,7 +15,7 @@ custom_model_development``, so MLflow 3's UI opens it on the runs view of a mode
   ``compare_to``, its paired differences with their intervals (:mod:`medkd.stats`; tag ``kd.compared_to``,
   metrics ``kd.<convention>.<class>.<metric>.<field>`` for ``diff``, ``ci_low``/``ci_high`` over seeds and
   cases, ``ci_cases_low``/``ci_cases_high`` over cases, ``p_better``, ``p``, ``p_holm``); start = the earliest
-  child's start, end = the latest child's end; artifacts: the experiment's figures (bar chart, validation
+  child's start, end = the latest child's end; artifacts: the experiment's figures (main-metric dot plot, validation
   curves, qualitative panels, robustness curves), its table (``<exp>.md``/``.csv``) and paper verdicts;
 * a **child run** per seed (tag ``mlflow.parentRunId``), named ``<exp>/<model>/seed<k>``: params (the
   flattened resolved spec and the seed), per-epoch ``train_loss``, ``lr``, validation metrics and every

@@ -119,8 +119,8 @@ def test_report_in_browser(tiny_report, tiny_workflow, tmp_path):
             _open_result(driver, exp, "Tables", "paper layout and verdicts")
             rows = _in_iframe(driver, lambda: _table_rows(driver, "paper-table"), f"{exp} paper table")
             assert len(rows) == 1 + len(models)
-            # figures: bar chart with seeds, curves, panels
-            for label in ("per-seed bar chart", "validation curves", "qualitative panels"):
+            # figures: the main metric per case and seed, curves, panels
+            for label in ("main metric per case and seed", "validation curves", "qualitative panels"):
                 _open_result(driver, exp, "Figures", label)
                 img = wait_for(lambda: next((i for i in driver.find_elements(By.TAG_NAME, "img")
                                              if i.get_attribute("src").startswith("data:image/png")

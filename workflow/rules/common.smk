@@ -432,7 +432,7 @@ def panel_models(exp):
 
 
 def experiment_figures(exp):
-    """Figures of an experiment (report, MLflow parent runs): bar chart, curves, panels, robustness."""
+    """Figures of an experiment (report, MLflow parent runs): main-metric dot plot, curves, panels, robustness."""
     figs = [
         f"results/figures/{exp}.png",
         f"results/figures/{exp}_curves.png",

@@ -22,7 +22,7 @@ rule tables:
             caption="../report/experiment.rst",
             category="{exp}",
             subcategory="Figures",
-            labels={"figure": "per-seed bar chart"},
+            labels={"figure": "main metric per case and seed"},
         ),
         curves=report(
             "results/figures/{exp}_curves.png",
