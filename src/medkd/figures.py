@@ -54,15 +54,16 @@ def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path]
         m = metrics[(metrics["metric"] == metric) & (metrics["convention"] == "engine")]
         per_case = m.groupby(["class", "model", "case"], sort=True)["value"].mean()
         per_seed = m.groupby(["class", "model", "seed"], sort=True)["value"].mean()
+    have = set(zip(m["class"], m["model"])) if metrics is not None else set()
     for i, cls in enumerate(classes):
         grp = sel[sel["class"] == cls].set_index("model").reindex(models)
         x = np.arange(len(models)) + i * width
         for j, model in enumerate(models):
-            if per_case is not None and (cls, model) in per_case.index.droplevel(2):
+            if per_case is not None and (cls, model) in have:
                 ys = per_case.loc[(cls, model)].to_numpy()
                 ax.scatter(x[j] + rng.uniform(-width / 3, width / 3, len(ys)), ys, s=7, color="0.65", zorder=1,
                            label="test case (mean over seeds)" if (i == 0 and j == 0) else None)
-            if per_seed is not None and (cls, model) in per_seed.index.droplevel(2):
+            if per_seed is not None and (cls, model) in have:
                 ys = per_seed.loc[(cls, model)].to_numpy()
                 ax.scatter(np.full(len(ys), x[j] + width / 4), ys, s=12, color="black", zorder=3,
                            label="seed (mean over cases)" if (i == 0 and j == 0) else None)
