@@ -107,7 +107,8 @@ def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path]
     if curves:
         ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     if missing:
-        fig.text(0.01, 0.01, f"no {key} in the epochs of: {', '.join(missing)}", fontsize="x-small", color="0.4")
+        fig.text(0.01, 0.01, f"no {key} per epoch (not trained, or validated on another quantity): "
+                 f"{', '.join(missing)}", fontsize="x-small", color="0.4")
     fig.tight_layout()
     with atomic_path(out_curves) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
