@@ -1,9 +1,10 @@
 """Qualitative panels: what the models predict on a few fixed test slices, laid out as the papers show it.
 
-``results/figures/<exp>_panels.png`` has one row per chosen slice (segmentation) or two (reconstruction
-and super-resolution: the images, then the absolute error maps against the ground truth), and the
-columns input | ground truth | every teacher | every student trained alone | every distilled student,
-in config order within each group (baselines such as ``zero_filled`` are the input column itself).
+``results/figures/<exp>_panels.png`` has one row per chosen slice (segmentation: the label maps drawn over the
+image, background transparent) or two (reconstruction and super-resolution: the images, then the absolute
+error maps against the ground truth, with a colour bar), and the columns input | ground truth | every teacher |
+every student trained alone | every distilled student, in config order within each group (baselines such as
+``zero_filled`` are the input column itself); more than :data:`MAX_COLUMNS` columns wrap onto further rows.
 
 The slices are fixed by the data, not by any model: for each of the first ``n_cases`` test cases (sorted
 case ids) the slice with the most foreground (segmentation: pixels of a non-background class in the
@@ -26,6 +27,8 @@ from medkd.io import atomic_path, read_json
 from medkd.spec import ModelSpec
 
 ROLE_ORDER = {"teacher": 0, "student": 1}
+MAX_COLUMNS = 6
+"""Panels per line: an experiment with more columns (MTMS: input, truth and 8 models) wraps onto more lines."""
 
 
 def column_label(name: str, cfg: dict) -> str:
@@ -103,66 +106,75 @@ def write_panels(exp_name: str, exp_cfg: dict, predictions: dict[str, str | Path
     for m in models:
         with h5py.File(predictions[m], "r") as fh:
             preds[m] = {cid: fh[f"cases/{cid}/pred"][k] for cid, k, _ in slices}
-    n_cols = 2 + len(models)
-    rows_per = 1 if seg else 2
-    n_rows = rows_per * len(slices)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.3 * n_rows + 0.6), squeeze=False)
-    n_classes = len(exp_cfg.get("classes", {})) or 2
-    base = plt.get_cmap("tab10")
-    cmap = ListedColormap([(0, 0, 0, 1)] + [base(i % 10) for i in range(max(1, n_classes - 1))])
-    for r, (cid, k, pos) in enumerate(slices):
-        image = data.take("image", [pos])[0][0]
-        target = data.take("target", [pos])[0]
-        row = axes[r * rows_per]
-        if seg:
-            row[0].imshow(image, cmap="gray")
-        else:  # the input on the ground truth's scale, as the predictions
-            row[0].imshow(image, cmap="gray", vmin=0, vmax=float(target[0].max()) or 1.0)
-        row[0].set_title(f"input\n{cid} slice {k}", fontsize=7)
-        if seg:
-            row[1].imshow(target, cmap=cmap, vmin=0, vmax=n_classes - 1, interpolation="nearest")
-            row[1].set_title("ground truth\n", fontsize=7)
-            for j, m in enumerate(models):
-                p = preds[m][cid]
-                row[2 + j].imshow(p, cmap=cmap, vmin=0, vmax=n_classes - 1, interpolation="nearest")
-                row[2 + j].set_title(f"{column_label(m, exp_cfg['models'][m])}\nDice {_dice(p, target, n_classes):.3f}",
-                                     fontsize=7)
-        else:
-            gt = target[0]
-            vmax = float(gt.max()) or 1.0
-            err_max = 0.0
-            errors = {"input": np.abs(image - gt)}
-            row[1].imshow(gt, cmap="gray", vmin=0, vmax=vmax)
-            row[1].set_title("ground truth\n", fontsize=7)
-            row[0].set_title(f"input\n{cid} slice {k}\nPSNR {_psnr(image, gt):.2f}", fontsize=7)
-            for j, m in enumerate(models):
-                p = preds[m][cid].astype(np.float64)
-                errors[m] = np.abs(p - gt)
-                row[2 + j].imshow(p, cmap="gray", vmin=0, vmax=vmax)
-                row[2 + j].set_title(f"{column_label(m, exp_cfg['models'][m])}\nPSNR {_psnr(p, gt):.2f}", fontsize=7)
-            err_max = max(float(e.max()) for e in errors.values()) or 1.0
-            erow = axes[r * rows_per + 1]
-            erow[0].imshow(errors["input"], cmap="inferno", vmin=0, vmax=err_max)
-            erow[0].set_title("|input - truth|", fontsize=7)
-            erow[1].text(0.5, 0.5, f"error maps\n(0 to {err_max:.3g})", ha="center", va="center", fontsize=7)
-            for j, m in enumerate(models):
-                erow[2 + j].imshow(errors[m], cmap="inferno", vmin=0, vmax=err_max)
-                erow[2 + j].set_title(f"|{m} - truth|", fontsize=7)
+    columns = ["input", "truth", *models]
+    chunks = [columns[i:i + MAX_COLUMNS] for i in range(0, len(columns), MAX_COLUMNS)]  # wide ones wrap
+    n_cols = max(len(c) for c in chunks)
+    rows_per = 1 if seg else 2  # reconstruction: the images, then their error maps
+    n_rows = rows_per * len(chunks) * len(slices)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols + (0.6 if not seg else 0), 2.45 * n_rows + 0.9),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-        for s in ax.spines.values():
-            s.set_visible(False)
+        for sp in ax.spines.values():
+            sp.set_visible(False)
+    n_classes = len(exp_cfg.get("classes", {})) or 2
+    base = plt.get_cmap("tab10")
+    colours = [base(i % 10) for i in range(max(1, n_classes - 1))]
+    # the label map over the image: background transparent, each class in its colour at 55 % opacity
+    overlay = ListedColormap([(0, 0, 0, 0)] + [(*c[:3], 0.55) for c in colours])
+    for r, (cid, k, pos) in enumerate(slices):
+        image = data.take("image", [pos])[0][0]
+        target = data.take("target", [pos])[0]
+        gt = None if seg else target[0]
+        vmax = 1.0 if seg else (float(gt.max()) or 1.0)
+        errors, err_max = {}, 1.0
+        if not seg:
+            errors = {"input": np.abs(image - gt), **{m: np.abs(preds[m][cid].astype(np.float64) - gt) for m in models}}
+            err_max = max(float(e.max()) for e in errors.values()) or 1.0
+        for c_i, chunk in enumerate(chunks):
+            top = (r * len(chunks) + c_i) * rows_per
+            for j, col in enumerate(chunk):
+                ax = axes[top, j]
+                if seg:
+                    ax.imshow(image, cmap="gray")
+                    if col == "input":
+                        ax.set_title(f"input\n{cid} slice {k}", fontsize=7)
+                        continue
+                    lab = target if col == "truth" else preds[col][cid]
+                    ax.imshow(lab, cmap=overlay, vmin=0, vmax=n_classes - 1, interpolation="nearest")
+                    ax.set_title("ground truth" if col == "truth" else
+                                 f"{column_label(col, exp_cfg['models'][col])}\nDice {_dice(lab, target, n_classes):.3f}",
+                                 fontsize=7)
+                    continue
+                img = image if col == "input" else gt if col == "truth" else preds[col][cid].astype(np.float64)
+                ax.imshow(img, cmap="gray", vmin=0, vmax=vmax)  # the input on the ground truth's scale
+                if col == "input":
+                    ax.set_title(f"input\n{cid} slice {k}\nPSNR {_psnr(image, gt):.2f}", fontsize=7)
+                elif col == "truth":
+                    ax.set_title("ground truth", fontsize=7)
+                else:
+                    ax.set_title(f"{column_label(col, exp_cfg['models'][col])}\nPSNR {_psnr(img, gt):.2f}", fontsize=7)
+                if col == "truth":
+                    continue
+                err_ax = axes[top + 1, j]
+                im = err_ax.imshow(errors[col], cmap="inferno", vmin=0, vmax=err_max)
+                err_ax.set_title(f"|{col} - truth|", fontsize=7)
+            if not seg:
+                fig.colorbar(im, ax=list(axes[top + 1, :len(chunk)]), shrink=0.8, pad=0.01,
+                             label="absolute error").ax.tick_params(labelsize=6)
+    for ax in axes.flat:
+        if not ax.images:
+            ax.set_axis_off()
     if seg:
         from matplotlib.patches import Patch
 
-        names = list(exp_cfg["classes"])
-        fig.legend(handles=[Patch(color=cmap(i), label=n) for i, n in enumerate(names)], loc="lower center",
+        names = list(exp_cfg["classes"])[1:]
+        fig.legend(handles=[Patch(color=colours[i], label=n) for i, n in enumerate(names)], loc="outside lower center",
                    ncol=len(names), fontsize=7, frameon=False)
-    what = "label maps" if seg else "images (top) and absolute error maps (bottom)"
+    what = "label maps over the image" if seg else "images and their absolute error maps (one scale per slice)"
     fig.suptitle(f"{exp_name}: test slices with the most foreground of the first {len(slices)} test case(s), "
                  f"{what}, seed {seed}", fontsize=8)
-    fig.tight_layout(rect=(0, 0.05 if seg else 0, 1, 1 - 0.35 / fig.get_figheight()))
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
