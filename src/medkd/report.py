@@ -160,8 +160,9 @@ def _cell(mean: float, sd: float, paper: float, metric: str) -> str:
     return text
 
 
-def wide_table(table: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One row per model: params, latency and the main metrics of every class and convention."""
+def wide_table(table: pd.DataFrame, task: str, regions: dict | None = None) -> pd.DataFrame:
+    """One row per model: params, latency and the main metrics of every class and convention (a region column
+    that repeats a class column by definition once: :func:`drop_repeated_columns`)."""
     main = MAIN_METRICS[task]
     models = list(dict.fromkeys(table["model"]))
     wide = pd.DataFrame({"model": models})
@@ -190,7 +191,41 @@ def wide_table(table: pd.DataFrame, task: str) -> pd.DataFrame:
     if "health" in table:
         h = table.drop_duplicates("model").set_index("model")["health"]
         wide["health"] = [_text(h.loc[[m]]).iloc[0].replace(";", "; ") for m in models]
-    return wide
+    return drop_repeated_columns(wide, regions)
+
+
+def drop_repeated_columns(wide: pd.DataFrame, regions: dict | None = None) -> pd.DataFrame:
+    """Drop a region column that is an engine column by definition: a region of ``regions`` (config
+    ``regions``: {region: [classes]}) made of one class scores that class, so ``dice wt [region]`` repeats
+    ``dice lesion`` (BraTS' whole tumour as the embedded lesion). Dropped only when the cells are also equal for
+    every model; a coincidence of values (one test case: pooled = per-case) drops nothing.
+    ``wide.attrs["same_as"]`` maps each dropped column to the one kept (:func:`repeated_columns_note`)."""
+    same_as = {}
+    for region, members in (regions or {}).items():
+        if len(members) != 1:
+            continue
+        for col in wide.columns:
+            for prefix in ("", "Δ "):
+                rest = col[len(prefix):]
+                if not (col.startswith(prefix) and rest.endswith(f" {region} [region]")):
+                    continue
+                metric = rest[: -len(f" {region} [region]")]
+                if " " in metric or (prefix == "" and col.startswith("Δ ")):
+                    continue
+                kept = f"{prefix}{metric} {members[0]}"
+                if kept in wide.columns and [str(v) for v in wide[col]] == [str(v) for v in wide[kept]]:
+                    same_as[col] = kept
+    out = wide.drop(columns=list(same_as))
+    out.attrs["same_as"] = same_as
+    return out
+
+
+def repeated_columns_note(wide: pd.DataFrame) -> list[str]:
+    """The note naming the columns :func:`drop_repeated_columns` left out (none: no note)."""
+    same = wide.attrs.get("same_as") or {}
+    if not same:
+        return []
+    return ["Not repeated (the same numbers for every model): " + "; ".join(f"{d} = {k}" for d, k in same.items()) + "."]
 
 
 def _text(col) -> pd.Series:
@@ -368,14 +403,15 @@ def write_experiment_outputs(exp_name: str, exp_cfg: dict, metric_csvs, model_di
     if out.get("verdicts"):
         with atomic_path(out["verdicts"]) as tmp:
             verdicts.to_csv(tmp, index=False)
-    wide = wide_table(table, exp_cfg["task"])
+    wide = wide_table(table, exp_cfg["task"], exp_cfg.get("regions"))
     title = f"{exp_name} ({exp_cfg['dataset']}, {exp_cfg['task']})"
     if exp_cfg.get("rehearsal"):
         title = f"REHEARSAL on stand-in data, not results: {title}"
     sections = [s for s in (health_section(flags, health_cfg), kd_effects_section(comparisons),
                             comparisons_section(comparisons), verdicts_section(verdicts)) if s]
     with atomic_path(out["md"]) as tmp:
-        tmp.write_text(to_markdown(wide, title, table_notes(exp_cfg, exp_cfg["task"]), sections))
+        tmp.write_text(to_markdown(wide, title, table_notes(exp_cfg, exp_cfg["task"]) + repeated_columns_note(wide),
+                                   sections))
     with atomic_path(out["tex"]) as tmp:
         tmp.write_text(to_latex(wide, title))
     plot_experiment(table, exp_cfg["task"], model_dirs, title, out["png"], out["curves"], metrics)

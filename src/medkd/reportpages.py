@@ -127,13 +127,14 @@ def write_experiment_pages(exp: str, exp_cfg: dict, table_csv, stats_csv, verdic
     task = exp_cfg["task"]
     stats = _read_csv(stats_csv)
     verdicts = _read_csv(verdicts_csv)
+    wide = _report.wide_table(table, task, exp_cfg.get("regions"))
     body = [f"<p>{esc(exp_cfg.get('description', ''))}</p>" if exp_cfg.get("description") else "",
             f"<p><b>Paper:</b> {esc(exp_cfg.get('paper', 'none given'))}<br><b>Dataset:</b> {esc(exp_cfg['dataset'])}, "
             f"<b>task:</b> {esc(task)}</p>",
             "<h2>Experiment table</h2>",
-            table_html(_report.wide_table(table, task), "experiment-table",
-                       "mean ± sd over seeds of the per-case mean (paper value in brackets)"),
-            "<ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in _report.table_notes(exp_cfg, task)) + "</ul>",
+            table_html(wide, "experiment-table", "mean ± sd over seeds of the per-case mean (paper value in brackets)"),
+            "<ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in _report.table_notes(exp_cfg, task)
+                                            + _report.repeated_columns_note(wide)) + "</ul>",
             "<h2>Health</h2>", _health_html(table)]
     if stats is not None and len(stats):
         kd = _report.kd_effects_frame(stats)
@@ -169,7 +170,7 @@ def write_experiment_pages(exp: str, exp_cfg: dict, table_csv, stats_csv, verdic
     else:
         pbody.append("<p class=\"note\">This experiment belongs to no paper table (config <code>group</code>): "
                      "its paper layout is the experiment table.</p>")
-        pbody.append(table_html(_report.wide_table(table, task), "paper-table"))
+        pbody.append(table_html(_report.wide_table(table, task, exp_cfg.get("regions")), "paper-table"))
     if verdicts is not None and len(verdicts):
         pbody += ["<h2>Paper numbers</h2>", table_html(verdict_frame(verdicts), "paper-verdicts", verdict_col="verdict")]
     write_text(out_dir / "paper.html", page(f"{exp}: paper layout", "\n".join(pbody)))

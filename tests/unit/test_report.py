@@ -77,3 +77,21 @@ def test_gain_follows_the_metric_direction():
     assert _gain(4.0, 5.0, "hd95") == pytest.approx(20.0)  # HD95 5 -> 4 mm is a 20 % gain
     assert _gain(5.19, 5.0, "hd95") == pytest.approx(-3.8)  # and 5 -> 5.19 mm a loss, not "+3.8 %"
     assert math.isnan(_gain(0.6, math.nan, "dice")) and math.isnan(_gain(0.6, 0.0, "dice"))
+
+
+def test_a_region_that_is_one_class_is_shown_once():
+    from medkd.report import drop_repeated_columns, repeated_columns_note
+
+    wide = pd.DataFrame({"model": ["t", "s"], "dice lesion": ["0.85", "0.72"], "dice wt [region]": ["0.85", "0.72"],
+                         "iou wt [region]": ["0.75", "0.57"], "vs": ["", "t"], "Δ dice lesion": ["", "-0.1"],
+                         "Δ dice wt [region]": ["", "-0.1"], "dice wm [mtms_pooled]": ["0.85", "0.72"],
+                         "health": ["", ""]})
+    out = drop_repeated_columns(wide, {"wt": ["lesion"], "tc": ["lesion", "core"]})
+    # the pooled column has the same numbers by coincidence (one case): kept; iou has no engine column: kept
+    assert list(out.columns) == ["model", "dice lesion", "iou wt [region]", "vs", "Δ dice lesion",
+                                 "dice wm [mtms_pooled]", "health"]
+    assert repeated_columns_note(out) == ["Not repeated (the same numbers for every model): dice wt [region] = "
+                                          "dice lesion; Δ dice wt [region] = Δ dice lesion."]
+    assert list(drop_repeated_columns(wide).columns) == list(wide.columns)  # no regions: nothing dropped
+    differ = wide.assign(**{"dice wt [region]": ["0.85", "0.70"]})
+    assert "dice wt [region]" in drop_repeated_columns(differ, {"wt": ["lesion"]}).columns
