@@ -185,9 +185,9 @@ def wide_table(table: pd.DataFrame, task: str, regions: dict | None = None) -> p
         for (conv, cls, metric), grp in compared.groupby(["convention", "class", "metric"], sort=False):
             col = f"Δ {metric} {cls}" + ("" if conv == "engine" else f" [{conv}]")
             by_model = grp.set_index("model")
-            wide[col] = [format_diff(*(by_model.loc[m, k] for k in ("diff", "ci_low", "ci_high", "p", "p_holm")),
-                                     metric, _text(by_model.loc[[m], "stats_note"]).iloc[0])
-                         if m in by_model.index else "" for m in models]
+            # compact: the difference and its interval; p, p_holm and both intervals are in "KD effect in detail"
+            wide[col] = [format_diff(*(by_model.loc[m, k] for k in ("diff", "ci_low", "ci_high")), math.nan, math.nan,
+                                     metric) if m in by_model.index else "" for m in models]
     if "health" in table:
         h = table.drop_duplicates("model").set_index("model")["health"]
         wide["health"] = [_text(h.loc[[m]]).iloc[0].replace(";", "; ") for m in models]
@@ -367,9 +367,9 @@ def table_notes(exp_cfg: dict, task: str) -> list[str]:
         notes.append("PSNR/SSIM/NMSE per volume, data_range = the volume maximum, SSIM 7x7 uniform window "
                      "averaged over slices (fastMRI convention).")
     if any(m.get("compare_to") for m in exp_cfg["models"].values()):
-        notes.append(f"Δ columns: paired difference to the model in the vs column (same case and seed), mean [{CI_TEXT}], "
-                     f"{P_TEXT}, p_holm = Holm-adjusted over every test of this experiment; KD effects in detail below "
-                     "(the interval with the seeds fixed beside it, the difference of each seed).")
+        notes.append(f"Δ columns: paired difference to the model in the vs column (same case and seed), mean [{CI_TEXT}]; "
+                     "p-values, the interval with the seeds fixed and the difference of each seed are under KD effect "
+                     f"in detail ({P_TEXT}; p_holm: Holm over every test of this experiment).")
     notes.append("health: flag names (empty = no flag), explained under Health.")
     for name, m in exp_cfg["models"].items():
         if m.get("fidelity"):
