@@ -46,8 +46,8 @@ pairs there are, CI and p NaN ("fewer than 2 paired cases"); all per-case differ
 [0, 0] and p = 1 (no evidence of any difference; the signed-rank test is undefined with no non-zero
 difference, and 1 keeps the row in the Holm family instead of silently dropping it).
 
-With the embedded default's 2 test cases the smallest possible Wilcoxon p is 0.5: at that scale the
-intervals and p-values say how little two cases can show, not whether KD works.
+With n test cases the smallest two-sided Wilcoxon p is 2 / 2^n (8 cases: 0.0078; 2 cases: 0.5), before Holm
+multiplies it by the number of tests: the tables say so (:func:`medkd.report.kd_effects_notes`).
 
 Why not a two-level bootstrap: resampling seeds and cases independently (the pigeonhole bootstrap, Owen,
 Ann. Appl. Stat. 1(2), 2007) is the bootstrap for a crossed design, but a resample of 3 seeds can take only a
@@ -177,7 +177,6 @@ def recipe_interval(diffs: pd.DataFrame, confidence: float = 0.95) -> RecipeInte
     Raises:
         ValueError: no complete block of at least 2 values.
     """
-
     wide = diffs.pivot_table(index="seed", columns="case", values="diff", aggfunc="mean")
     complete = wide.columns[wide.notna().all(axis=0)]
     dropped = [str(c) for c in wide.columns if c not in set(complete)]
@@ -267,7 +266,11 @@ def paired_test(diffs: pd.DataFrame, confidence: float = 0.95, n_resamples: int 
     if np.all(diffs["diff"].to_numpy() == 0):
         return PairedResult(n_cases, n_pairs, 0.0, 0.0, 0.0, 1.0, "all paired differences are zero: p set to 1",
                             ci_method="all zero", ci_cases_low=0.0, ci_cases_high=0.0, **extra)
-    rec = recipe_interval(diffs, confidence)
+    try:
+        rec = recipe_interval(diffs, confidence)
+    except ValueError:  # no case scored under every seed: no interval over seeds and cases
+        rec = RecipeInterval(math.nan, math.nan, diff, math.nan, extra["n_seeds"], 0, (math.nan,) * 3, "none",
+                             "no case scored under every seed: no interval over seeds and cases")
     res = case_bootstrap(diffs["case"], diffs["diff"], confidence, n_resamples, seed)
     p = wilcoxon_p(case_means)
     notes = [n for n in (rec.note, "all per-case mean differences are zero: p set to 1"

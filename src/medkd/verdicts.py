@@ -29,7 +29,10 @@ def value_ci(values: pd.DataFrame, confidence: float = 0.95) -> tuple[float, flo
     v = values[np.isfinite(values["value"].astype(float))]
     if v["case"].nunique() < 2 and v["seed"].nunique() < 2:
         return math.nan, math.nan, f"no interval: {v['case'].nunique()} case(s) x {v['seed'].nunique()} seed(s)"
-    rec = _stats.recipe_interval(v.rename(columns={"value": "diff"})[["case", "seed", "diff"]], confidence)
+    try:
+        rec = _stats.recipe_interval(v.rename(columns={"value": "diff"})[["case", "seed", "diff"]], confidence)
+    except ValueError:  # no case scored under every seed
+        return math.nan, math.nan, "no interval: no case scored under every seed"
     unit = {"seeds+cases": "seeds and cases", "cases only": "cases (one seed)", "seeds only": "seeds (one case)"}
     method = f"{confidence:.0%} t interval over {unit[rec.method]}, Satterthwaite df {rec.df:.3g}"
     return rec.low, rec.high, method + (f"; {rec.note}" if rec.note else "")

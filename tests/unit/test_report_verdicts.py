@@ -25,6 +25,9 @@ def test_value_ci_spans_seeds_and_cases_and_falls_back_to_seeds():
     one_case = _metrics({("c0", 0): 0.5, ("c0", 1): 0.7})[["case", "seed", "value"]]
     low, high, method = verdicts.value_ci(one_case)
     assert (low, high) == pytest.approx((0.6 - 1.27062, 0.6 + 1.27062), abs=1e-5) and "over seeds (one case)" in method
+    apart = _metrics({("c0", 0): 0.5, ("c1", 1): 0.7})[["case", "seed", "value"]]  # no case under both seeds
+    low, high, method = verdicts.value_ci(apart)
+    assert math.isnan(low) and method == "no interval: no case scored under every seed"
     low, high, method = verdicts.value_ci(_metrics({("c0", 0): 0.5})[["case", "seed", "value"]])
     assert math.isnan(low) and "1 case(s) x 1 seed(s)" in method
 

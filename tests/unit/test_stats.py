@@ -166,6 +166,13 @@ def test_recipe_interval_covers_when_seeds_vary_and_the_case_interval_does_not()
         assert lowest_old <= old / runs <= highest_old, (seed_sd, old / runs)
 
 
+def test_no_case_under_every_seed_gives_no_recipe_interval_not_an_error():
+    diffs = pd.DataFrame({"case": ["a", "b", "c", "d"], "seed": [0, 0, 1, 1], "diff": [0.1, 0.2, 0.3, 0.1]})
+    r = paired_test(diffs, n_resamples=999)
+    assert math.isnan(r.ci_low) and r.ci_method == "none" and "no case scored under every seed" in r.note
+    assert r.ci_cases_low <= r.diff <= r.ci_cases_high and r.p == pytest.approx(0.125)
+
+
 def test_paired_test_reports_both_intervals_seeds_and_p_better():
     diffs = crossed([[0.05, 0.02, 0.05], [0.04, 0.02, 0.04]])
     r = paired_test(diffs, metric="dice")
