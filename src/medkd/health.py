@@ -227,11 +227,16 @@ def check_equals_input(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: dict
 
 def check_feature_stage(losses: list[dict] | None, model: str, exp_cfg: dict) -> str | None:
     """Sentence for a model that trains no loss on its output (every term's student tap an inner layer), or
-    None. ``losses``: the resolved spec's terms (``student_tap`` a name or a list of names, ``out`` = output)."""
+    None. ``losses``: the resolved spec's terms (``student_tap`` a name or a list of names; ``out`` and its named
+    outputs ``out:<name>`` are the output)."""
     if not losses:
         return None
     taps = [t.get("student_tap", "out") for t in losses]
-    if any(tap == "out" or (isinstance(tap, list) and "out" in tap) for tap in taps):
+
+    def is_output(name) -> bool:  # "out" or one of its named outputs ("out:recon", "out:aux_2")
+        return str(name) == "out" or str(name).startswith("out:")
+
+    if any(is_output(x) for tap in taps for x in (tap if isinstance(tap, list) else [tap])):
         return None
     terms = "; ".join(f"{t['loss']} on {', '.join(tap) if isinstance(tap, list) else tap}" for t, tap in zip(losses, taps))
     followers = [m for m, c in exp_cfg["models"].items() if c.get("init_from") == model]

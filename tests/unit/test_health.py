@@ -72,6 +72,7 @@ def test_feature_stage_is_a_model_with_no_loss_on_its_output():
         "that initialises kd, not a reconstruction model; its test metrics score an output head no loss trained.")
     assert H.check_feature_stage([{"loss": "l1", "student_tap": "out"}, *at], "kd", cfg) is None
     assert H.check_feature_stage([{"loss": "l1"}], "kd", cfg) is None  # no tap named: the output
+    assert H.check_feature_stage([{"loss": "l1", "student_tap": "out:recon"}, *at], "kd", cfg) is None  # a named output
     assert H.check_feature_stage(None, "kd", cfg) is None
 
 
