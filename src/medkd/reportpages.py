@@ -47,6 +47,7 @@ th,td{border:1px solid #cbd5e1;padding:3px 6px;text-align:left;vertical-align:to
 th{background:#f1f5f9} tr:nth-child(even) td{background:#f8fafc}
 .within{color:#166534;font-weight:600}.outside{color:#b91c1c;font-weight:600}.gated,.nocode,.noci{color:#6b7280}
 .note{color:#475569;font-size:12px} code{background:#f1f5f9;padding:0 3px}
+#experiment-table td{white-space:nowrap}
 """
 
 VERDICT_CLASS = (("within CI", "within"), ("outside CI", "outside"), ("not run here", "gated"),
@@ -128,11 +129,16 @@ def write_experiment_pages(exp: str, exp_cfg: dict, table_csv, stats_csv, verdic
     stats = _read_csv(stats_csv)
     verdicts = _read_csv(verdicts_csv)
     wide = _report.wide_table(table, task, exp_cfg.get("regions"))
+    main, details = main_and_details(wide, task)
     body = [f"<p>{esc(exp_cfg.get('description', ''))}</p>" if exp_cfg.get("description") else "",
             f"<p><b>Paper:</b> {esc(exp_cfg.get('paper', 'none given'))}<br><b>Dataset:</b> {esc(exp_cfg['dataset'])}, "
             f"<b>task:</b> {esc(task)}</p>",
             "<h2>Experiment table</h2>",
-            table_html(wide, "experiment-table", "mean ± sd over seeds of the per-case mean (paper value in brackets)"),
+            table_html(main, "experiment-table", f"{_report.MAIN_METRICS[task][0]}: mean ± sd over seeds of the "
+                       "per-case mean (paper value in brackets); Δ: the difference to the vs model [95% CI over seeds "
+                       "and cases]"),
+            "<h3>Details</h3>",
+            table_html(details, "experiment-details", "the other metrics, conventions and the cost of each model"),
             "<ul class=\"note\">" + "".join(f"<li>{esc(n)}</li>" for n in _report.table_notes(exp_cfg, task)
                                             + _report.repeated_columns_note(wide)) + "</ul>",
             "<h2>Health</h2>", _health_html(table)]
@@ -184,6 +190,22 @@ def write_experiment_pages(exp: str, exp_cfg: dict, table_csv, stats_csv, verdic
     for model in exp_cfg["models"]:
         write_text(out_dir / "models" / f"{model}.html",
                    model_card(exp, model, exp_cfg, table, by_model.get(model, []), metrics, runs))
+
+
+def main_and_details(wide: pd.DataFrame, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The experiment table split to fit a 1,400 px page: the main table holds the model, its role and KD method,
+    the first main metric per class (engine convention), the vs model, that metric's differences and the health
+    flags; the details table holds the model and every other column (parameters, cost, the second main metric,
+    other conventions and their differences)."""
+    first = _report.MAIN_METRICS[task][0]
+
+    def is_main(col: str) -> bool:
+        name = col[2:] if col.startswith("Δ ") else col
+        return name.startswith(f"{first} ") and "[" not in name
+
+    main_cols = [c for c in wide.columns if c in ("model", "role", "kd", "vs", "health") or is_main(c)]
+    detail_cols = ["model"] + [c for c in wide.columns if c not in main_cols]
+    return wide[main_cols], wide[detail_cols]
 
 
 def _health_html(table: pd.DataFrame) -> str:

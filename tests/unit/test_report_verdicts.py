@@ -124,3 +124,14 @@ def test_headline_answers_first_main_metric_kd_difference_and_health():
     assert run_banner({"description": "d"}, pn) == "d: 2 of 4 paper numbers have a verdict."
     assert run_banner({"description": "d"}, pn.iloc[:2]) == (
         "d: 0 of 2 paper numbers have a verdict; config/paper.yaml, on the papers' data, produces them.")
+
+
+def test_experiment_page_splits_a_compact_main_table_from_the_details():
+    from medkd.reportpages import main_and_details
+
+    wide = pd.DataFrame(columns=["model", "role", "kd", "params", "GFLOPs", "latency_ms_per_slice", "dice csf",
+                                 "hd95 csf", "dice wm [mtms_pooled]", "vs", "Δ dice csf", "Δ hd95 csf", "health"])
+    main, details = main_and_details(wide, "segmentation")
+    assert list(main.columns) == ["model", "role", "kd", "dice csf", "vs", "Δ dice csf", "health"]
+    assert list(details.columns) == ["model", "params", "GFLOPs", "latency_ms_per_slice", "hd95 csf",
+                                     "dice wm [mtms_pooled]", "Δ hd95 csf"]
