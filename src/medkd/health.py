@@ -176,6 +176,12 @@ def check_collapse(metrics: pd.DataFrame, model: str, task: str, b: dict) -> str
     return "seeds disagree: " + "; ".join(parts) + ": the mean hides a failed or unstable seed."
 
 
+def _input_baseline(exp_cfg: dict) -> str | None:
+    """The experiment's input baseline: its ``baseline`` model with arch ``identity`` (zero-filled or
+    low-resolution image), or None."""
+    return next((m for m, c in exp_cfg["models"].items() if c["role"] == "baseline" and c["arch"] == "identity"), None)
+
+
 def check_trivial_teacher(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: dict) -> str | None:
     """Sentence for a teacher not better than the trivial baseline by the margin, or None."""
     task = exp_cfg["task"]
@@ -188,7 +194,7 @@ def check_trivial_teacher(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: d
         return (f"test Dice of {values} (mean over seeds of the per-case mean) is within the margin "
                 f"{b['margin_dice']:g} of the all-background prediction's Dice of 0 (empty-mask policy): for "
                 f"{'this class' if len(low) == 1 else 'these classes'} the teacher is no better than predicting nothing.")
-    base = next((m for m, c in exp_cfg["models"].items() if c["role"] == "baseline" and c["arch"] == "identity"), None)
+    base = _input_baseline(exp_cfg)
     if base is None:  # every shipped reconstruction config has one (zero_filled); say so if one does not
         logging.getLogger("medkd").warning("%s: no baseline model with arch identity, so the teacher %s cannot be "
                                            "checked against the input's PSNR (add e.g. zero_filled)", task, model)
@@ -201,10 +207,6 @@ def check_trivial_teacher(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: d
         return None
     return (f"test PSNR {t:.2f} dB is not above the input's ({base}) {i:.2f} dB by more than the margin "
             f"{b['margin_psnr_db']:g} dB (difference {t - i:+.2f} dB): the teacher does not improve on its input.")
-
-
-def _input_baseline(exp_cfg: dict) -> str | None:
-    return next((m for m, c in exp_cfg["models"].items() if c["role"] == "baseline" and c["arch"] == "identity"), None)
 
 
 def check_equals_input(metrics: pd.DataFrame, model: str, exp_cfg: dict, b: dict) -> str | None:

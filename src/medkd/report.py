@@ -204,17 +204,11 @@ def drop_repeated_columns(wide: pd.DataFrame, regions: dict | None = None) -> pd
     for region, members in (regions or {}).items():
         if len(members) != 1:
             continue
-        for col in wide.columns:
-            for prefix in ("", "Δ "):
-                rest = col[len(prefix):]
-                if not (col.startswith(prefix) and rest.endswith(f" {region} [region]")):
-                    continue
-                metric = rest[: -len(f" {region} [region]")]
-                if " " in metric or (prefix == "" and col.startswith("Δ ")):
-                    continue
-                kept = f"{prefix}{metric} {members[0]}"
-                if kept in wide.columns and [str(v) for v in wide[col]] == [str(v) for v in wide[kept]]:
-                    same_as[col] = kept
+        suffix = f" {region} [region]"
+        for col in (c for c in wide.columns if c.endswith(suffix)):
+            kept = col[: -len(suffix)] + f" {members[0]}"  # "Δ dice wt [region]" -> "Δ dice lesion"
+            if kept in wide.columns and [str(v) for v in wide[col]] == [str(v) for v in wide[kept]]:
+                same_as[col] = kept
     out = wide.drop(columns=list(same_as))
     out.attrs["same_as"] = same_as
     return out
@@ -315,7 +309,7 @@ def kd_effects_frame(comparisons: pd.DataFrame) -> pd.DataFrame:
     kd = comparisons[comparisons["kind"] == "kd_effect"] if len(comparisons) else comparisons
     rows = []
     for r in kd.to_dict("records"):
-        d = 2 if r["metric"] in ("hd95", "psnr") else 3
+        d = _stats.digits(r["metric"])
 
         def ci(lo, hi):
             return f"[{lo:.{d}f}, {hi:.{d}f}]" if pd.notna(lo) else "n/a"
@@ -579,7 +573,7 @@ def paper_layout(df: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
             ver = r.get(f"{m}_verdict")
             if isinstance(ver, str) and ver:
                 lo, hi = r.get(f"{m}_ci_low_ours", math.nan), r.get(f"{m}_ci_high_ours", math.nan)
-                d = 2 if m in ("hd95", "psnr") else 3
+                d = _stats.digits(m)
                 cell += (f" {ver} [{lo:.{d}f}, {hi:.{d}f}]" if isinstance(lo, float) and not math.isnan(lo)
                          else f" {ver}")
             diff = r.get(f"{m}_diff", math.nan)

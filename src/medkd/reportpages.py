@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from medkd import report as _report
+from medkd.stats import digits
 from medkd.io import atomic_path, read_json, read_jsonl
 
 CSS = """
@@ -96,7 +97,7 @@ def verdict_frame(v: pd.DataFrame) -> pd.DataFrame:
     """The displayed columns of a verdicts CSV (:data:`medkd.verdicts.VERDICT_COLUMNS`)."""
     rows = []
     for r in v.to_dict("records"):
-        d = 2 if r["metric"] in ("hd95", "psnr") else 3
+        d = digits(r["metric"])
         ours = _report._cell(float(r["ours"]), float(r["sd"]), math.nan, r["metric"]) if pd.notna(r["ours"]) else ""
         ci = f"[{r['ci_low']:.{d}f}, {r['ci_high']:.{d}f}]" if pd.notna(r["ci_low"]) else ""
         rows.append({"model": r["model"], "class": r["class"], "metric": r["metric"], "convention": r["convention"],
@@ -576,7 +577,7 @@ def headline_frame(df: pd.DataFrame, experiments: dict) -> pd.DataFrame:
         sel = df[(df["experiment"] == exp) & (df["metric"] == metric) & (df["convention"] == "engine")]
         order = {m: i for i, m in enumerate(e.get("models", []))}
         sel = sel.assign(_o=sel["model"].map(order).fillna(len(order))).sort_values(["_o", "class"], kind="stable")
-        d = 2 if metric in ("hd95", "psnr") else 3
+        d = digits(metric)
         for r in sel.to_dict("records"):
             mean = f"{r['mean']:.{d}f}" + (f" ± {r['sd']:.{d}f}" if pd.notna(r.get("sd")) else "")
             delta = ""

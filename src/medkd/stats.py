@@ -318,6 +318,11 @@ def compare_experiment(exp_name: str, exp_cfg: dict, metrics: pd.DataFrame, n_re
     return out
 
 
+def digits(metric: str) -> int:
+    """Decimals a table prints for ``metric``: 2 for HD95 (mm) and PSNR (dB), 3 otherwise."""
+    return 2 if metric in ("hd95", "psnr") else 3
+
+
 def format_p(p: float) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "n/a"
@@ -328,10 +333,10 @@ def format_diff(diff: float, low: float, high: float, p: float, p_holm: float, m
     """``+0.012 [-0.004, 0.029], p = 0.21, p_holm = 0.63`` (2 decimals for HD95/PSNR, 3 otherwise)."""
     if diff is None or math.isnan(diff):
         return f"n/a ({note})" if note else "n/a"
-    digits = 2 if metric in ("hd95", "psnr") else 3
-    text = f"{diff:+.{digits}f}"
+    d = digits(metric)
+    text = f"{diff:+.{d}f}"
     if low is not None and not math.isnan(low):
-        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+        text += f" [{low:.{d}f}, {high:.{d}f}]"
     if p is not None and not math.isnan(p):
         text += f", p = {format_p(p)}, p_holm = {format_p(p_holm)}"
     elif note:

@@ -48,6 +48,7 @@ import logging
 import math
 import os
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -220,26 +221,37 @@ def model_name(run_key: str) -> str:
     return run_key.replace("/", "-")
 
 
+def _read_once(path: str | None) -> pd.DataFrame | None:
+    """The CSV at ``path`` (None when unset or absent), read once per (path, modification time): every model of an
+    experiment reads the same table and stats file."""
+    if not path or not Path(path).exists():
+        return None
+    return _read_csv_cached(str(path), Path(path).stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _read_csv_cached(path: str, mtime_ns: int) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
 def _parent_evidence(info: dict, model: str, end_ms: int | None) -> tuple[dict, list]:
     """(tags, metrics) of a parent run from the experiment's long table (health flags) and stats CSV (the KD
     differences of ``model``); nothing for files that are absent."""
     from mlflow.entities import Metric
 
     tags, metrics = {}, []
-    table = Path(info["table_csv"]) if info.get("table_csv") else None
-    if table is not None and table.exists():
-        rows = pd.read_csv(table)
-        rows = rows[rows["model"] == model]
+    table = _read_once(info.get("table_csv"))
+    if table is not None:
+        rows = table[table["model"] == model]
         if len(rows):
             flags = rows["health"].iloc[0] if "health" in rows and isinstance(rows["health"].iloc[0], str) else ""
             notes = rows["health_notes"].iloc[0] if "health_notes" in rows else ""
             tags["health"] = flags.replace(";", "; ") if flags else "ok"
             if isinstance(notes, str) and notes:
                 tags["health_notes"] = notes[:5000]
-    stats = Path(info["stats_csv"]) if info.get("stats_csv") else None
-    if stats is not None and stats.exists():
-        kd = pd.read_csv(stats)
-        kd = kd[(kd["kind"] == "kd_effect") & (kd["model"] == model)]
+    stats = _read_once(info.get("stats_csv"))
+    if stats is not None:
+        kd = stats[(stats["kind"] == "kd_effect") & (stats["model"] == model)]
         for r in kd.to_dict("records"):
             tags["kd.compared_to"] = str(r["compared_to"])
             base = f"kd.{r['convention']}.{r['class']}.{r['metric']}"

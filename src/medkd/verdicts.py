@@ -88,7 +88,7 @@ def verdicts_section(verdicts: pd.DataFrame) -> str:
     lines = ["### Paper numbers", "", "| model | class | metric | convention | paper | ours | 95% CI (ours) | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for r in verdicts.to_dict("records"):
-        digits = 2 if r["metric"] in ("hd95", "psnr") else 3
+        digits = _stats.digits(r["metric"])
         ci = f"[{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]" if not math.isnan(r["ci_low"]) else "n/a"
         lines.append("| " + " | ".join(md_escape(x) for x in (
             r["model"], r["class"], r["metric"], r["convention"], f"{r['paper_value']:.{digits}f}",
