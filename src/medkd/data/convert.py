@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from medkd.data.geometry import (
     resize_stack,
 )
 from medkd.data.store import SliceCase, write_store
+from medkd.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -236,20 +237,27 @@ def check_label_values(raw: np.ndarray, path: Path | str, values: set[int],
         listed_in: where the allowed values come from, for the message (e.g. ``"dataset.json 'labels'"``).
 
     Raises:
-        ValueError: non-integer or non-finite values, values outside 0..255 or not in ``values``.
+        InputError: non-integer or non-finite values, values outside 0..255 or not in ``values`` (the message
+            names the file, the allowed values and the values found).
     """
     raw = np.asarray(raw)
     if not np.issubdtype(raw.dtype, np.integer):
         if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
-            raise ValueError(f"{path}: label has non-integer or non-finite values")
+            raise InputError(f"{path}: label has non-integer or non-finite values")
     if raw.size and (raw.min() < 0 or raw.max() > 255):
-        raise ValueError(f"{path}: label values must lie in 0..255, found {raw.min()}..{raw.max()}")
+        raise InputError(f"{path}: label values must lie in 0..255, found {raw.min()}..{raw.max()}")
     label = raw.astype(np.uint8)
-    present = {int(v) for v in np.flatnonzero(np.bincount(label.ravel(), minlength=256))}
+    present = label_values(label)
     unknown = sorted(present - values)
     if unknown:
-        raise ValueError(f"{path}: label values {unknown} are not listed in {listed_in} {sorted(values)}")
+        raise InputError(f"{path}: label values {unknown} are not listed in {listed_in} {sorted(values)} "
+                         f"(values found: {sorted(present)})")
     return label
+
+
+def label_values(label: np.ndarray) -> set[int]:
+    """The distinct values of a uint8 label volume."""
+    return {int(v) for v in np.flatnonzero(np.bincount(np.asarray(label, dtype=np.uint8).ravel(), minlength=256))}
 
 
 def load_label_on_grid(path: Path, ref_shape: Sequence[int], ref_affine: np.ndarray, image_path: Path,
@@ -264,17 +272,19 @@ def load_label_on_grid(path: Path, ref_shape: Sequence[int], ref_affine: np.ndar
         uint8 ``(X, Y, Z)`` source label values.
 
     Raises:
-        ValueError: not on the image grid, non-integer values, values outside 0..255 or not listed in
-            ``label_names`` (the message names the file).
+        InputError: not a 3-D volume, not on the image grid, non-integer values, values outside 0..255 or not
+            listed in ``label_names`` (the message names the file).
     """
     if has_suffix(path, NIFTI_SUFFIXES):
         raw, affine = load_canonical(path)
         if raw.ndim == 4 and raw.shape[3] == 1:
             raw = raw[..., 0]
+        if raw.ndim != 3:
+            raise InputError(f"{path}: label has shape {raw.shape}; a label is one 3-D volume")
     else:
         raw, affine = read_volume(path)
     if not on_grid(raw.shape, affine, ref_shape, ref_affine):
-        raise ValueError(
+        raise InputError(
             f"{path}: label is not on the grid of its image {image_path} after canonicalisation: "
             f"label shape {raw.shape} vs image {tuple(ref_shape)}; label affine {affine.round(4).tolist()} vs "
             f"image affine {np.asarray(ref_affine).round(4).tolist()} (tolerance {AFFINE_TOLERANCE})"
@@ -443,6 +453,39 @@ def standin_of(src_dir: str | Path) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------ layouts
+
+
+class MissingCaseFile(InputError, FileNotFoundError):
+    """A file a case needs (a modality, a mask, a label) is missing: refused, naming the file and the case.
+
+    An :class:`~medkd.errors.InputError` that is also a FileNotFoundError (what the converters raised before)."""
+
+
+def refuse_orphans(pairs: Iterable[tuple[Path, Path]], what: str) -> None:
+    """Refuse the first ``(file, image)`` pair whose image is missing: a label, mask or extra sequence with
+    nothing to belong to is a broken case, never silently ignored.
+
+    Raises:
+        InputError: ``<file>: <what> without its image <image> (orphan)``.
+    """
+    for path, image in pairs:
+        if not image.is_file():
+            raise InputError(f"{path}: {what} without its image {image.name} (orphan); add the image or remove "
+                             "the file")
+
+
+def warn_source(warnings: list[str], message: str) -> None:
+    """Log ``message`` as a warning and append it to ``warnings``.
+
+    A converter passes ``warnings`` as ``provenance_extra={"source_warnings": warnings}`` to
+    :func:`write_converted`, so what it converted anyway (a grey PNG replicated to RGB, studies skipped by a
+    documented option) is listed in the store's provenance and, by ``medkd convert``, in the fingerprint JSON
+    (``source_warnings``, as MSD's numTraining mismatch). Loaders may append while the store is written: the
+    provenance is serialised after the last case.
+    """
+    log.warning("%s", message)
+    warnings.append(message)
+
 
 
 def require_dir(path: Path, what: str) -> Path:

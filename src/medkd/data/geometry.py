@@ -25,6 +25,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.transform import resize
 
+from medkd.errors import InputError
+
 AFFINE_TOLERANCE = 1e-3
 """Largest absolute difference between two affines (mm) that still counts as the same grid."""
 
@@ -104,8 +106,8 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         (data ``(X, Y, Z)`` in canonical axis order, with the file's dtype; canonical affine ``(4, 4)`` float64).
 
     Raises:
-        ValueError: unsupported suffix, unreadable or corrupt file, not a 3-D single-component volume
-            (the message names the file).
+        ValueError: unsupported suffix, unreadable or corrupt file; InputError (a ValueError): not a 3-D
+            single-component volume (the message names the file and the shape).
     """
     path = Path(path)
     if has_suffix(path, NIFTI_SUFFIXES):
@@ -113,7 +115,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
         if data.ndim != 3:
-            raise ValueError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+            raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
         return data, affine
     if not has_suffix(path, ITK_SUFFIXES):
         raise ValueError(f"{path}: unsupported volume format (use {NIFTI_SUFFIXES + ITK_SUFFIXES})")
@@ -124,7 +126,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except RuntimeError as exc:  # SimpleITK raises RuntimeError for unreadable/corrupt files
         raise ValueError(f"{path}: cannot read image ({str(exc).strip().splitlines()[-1]})") from exc
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: expected a 3-D single-component image, got dimension {image.GetDimension()} "
+        raise InputError(f"{path}: expected a 3-D single-component image, got dimension {image.GetDimension()} "
                          f"with {image.GetNumberOfComponentsPerPixel()} component(s)")
     data = np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
     lps = np.eye(4)
