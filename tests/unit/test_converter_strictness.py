@@ -139,3 +139,117 @@ def test_brats_folder_without_nifti_is_warned_and_recorded(brats):
     _convert_brats(src, out)()
     assert source_warnings(out) == [f"{src / 'docs'}: holds no NIfTI file, not a BraTS case folder; ignored"]
     assert sorted(read_store(out)[1]) == [BRATS_CASE, "BraTS2021_00001"]
+
+
+# ------------------------------------------------------------------------------------------ BUSI
+
+
+@pytest.fixture
+def busi(tmp_path):
+    src = tmp_path / "busi"
+    _busi(src)  # benign (2): RGB with _mask and _mask_1; malignant (10), normal (1): grey
+    return src, tmp_path / "busi.h5"
+
+
+def _convert_busi(src, out, **options):
+    return lambda: busi_png.convert_busi(src, out, **{"size": [4, 4], **NONE, **options})
+
+
+def _rgb_with(path, mode):
+    """Rewrite the RGB PNG at ``path`` in another PIL mode; return it."""
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    if mode == "RGBA":
+        Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]), "RGBA").save(path)
+    elif mode == "I;16":
+        Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(path)
+    else:
+        Image.fromarray(rgb).convert(mode).save(path)
+    return path
+
+
+BENIGN = "benign/benign (2).png"
+
+
+def test_busi_image_without_its_mask_is_refused(busi):
+    src, out = busi
+    (src / "normal/normal (1)_mask.png").unlink()
+    refused(_convert_busi(src, out), out, src / "normal/normal (1)_mask.png", "mask of normal (1).png not found",
+            "not stored unlabelled", error=MissingCaseFile)
+
+
+@pytest.mark.parametrize("name", ["benign (7)_mask.png", "benign (7)_mask_1.png"])
+def test_busi_orphan_mask_is_refused(busi, name):
+    src, out = busi
+    _png(src / "benign" / name, np.zeros((10, 7), np.uint8))
+    refused(_convert_busi(src, out), out, src / "benign" / name, "BUSI mask without its image benign (7).png",
+            "(orphan)")
+
+
+def test_busi_mask_values_other_than_0_and_255_are_refused(busi):
+    src, out = busi
+    path = src / "benign/benign (2)_mask.png"
+    mask = np.array(Image.open(path))
+    mask[0, 0] = 128
+    _png(path, mask)
+    refused(_convert_busi(src, out), out, path, "not listed in BUSI's binary mask convention [0, 255]",
+            "values found: [0, 128, 255]")
+
+
+def test_busi_non_binary_mask_with_a_chosen_threshold_is_warned_and_recorded(tmp_path):
+    src, out = tmp_path / "busi", tmp_path / "busi.h5"
+    _busi(src, partial=True)
+    _convert_busi(src, out, mask_threshold=128)()
+    path = src / "benign/benign (2)_mask.png"
+    assert f"{path}: mask values [0, 128, 255] are not binary; foreground where channel 0 >= 128 " \
+           "(mask_threshold)" in source_warnings(out)
+
+
+@pytest.mark.parametrize("file", [BENIGN, "benign/benign (2)_mask.png"])
+def test_busi_16_bit_png_is_refused(busi, file):
+    src, out = busi
+    path = _rgb_with(src / file, "I;16")
+    refused(_convert_busi(src, out), out, path, "16-bit")
+
+
+def test_busi_png_with_transparent_pixels_is_refused(busi):
+    src, out = busi
+    path = src / BENIGN
+    rgba = np.dstack([np.array(Image.open(path)), np.full((10, 7), 255, np.uint8)])
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(path)
+    refused(_convert_busi(src, out), out, path, "8-bit RGBA PNG with 1 transparent pixel(s)")
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("L", "8-bit grey PNG"), ("P", "8-bit palette PNG"),
+                                            ("RGBA", "8-bit RGBA PNG")])
+def test_busi_grey_palette_or_opaque_alpha_png_is_converted_with_a_warning(busi, mode, kind):
+    src, out = busi
+    path = _rgb_with(src / BENIGN, mode)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    _convert_busi(src, out, size=[10, 7], normalise="none")()
+    assert f"{path}: {kind}, not 8-bit RGB; converted to RGB as P-CD's convert('RGB') does" in source_warnings(out)
+    np.testing.assert_array_equal(np.moveaxis(read_store(out)[1]["benign_2"].image[0], 0, 2), expected)
+
+
+def test_busi_warnings_reach_the_fingerprint(busi):
+    from medkd.cli import main
+
+    src, out = busi
+    fp = out.with_suffix(".json")
+    main(["convert", "--dataset", "busi", "--convert-spec", json.dumps({"format": "busi_png", "size": [8, 8]}),
+          "--src", str(src), "--out", str(out), "--fingerprint", str(fp)])
+    assert json.loads(fp.read_text())["source_warnings"] == source_warnings(out) != []
+
+
+def test_busi_ignored_extra_mask_is_warned_and_recorded(busi):
+    src, out = busi
+    _convert_busi(src, out)()
+    assert f"{src / 'benign/benign (2)_mask_1.png'}: extra lesion mask ignored (extra_masks: ignore, as P-CD's " \
+           "loader); its lesion is background in case benign_2" in source_warnings(out)
+
+
+def test_busi_non_png_file_is_warned_and_recorded(busi):
+    src, out = busi
+    Image.open(src / BENIGN).save(src / "benign/benign (3).jpg")
+    _convert_busi(src, out)()
+    assert f"{src / 'benign/benign (3).jpg'}: not a PNG file; ignored" in source_warnings(out)

@@ -318,11 +318,13 @@ def _png(path, array):
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
 
 
-def _busi(root):
+def _busi(root, partial=False):
+    """partial: one mask pixel of 128 (refused with the default mask_threshold 255, thresholded with a lower one)."""
     rgb = RNG.integers(0, 256, size=(10, 7, 3)).astype(np.uint8)
     mask = np.zeros((10, 7), np.uint8)
     mask[2:6, 1:4] = 255
-    mask[8, 6] = 128  # not 255: background for P-CD's mask / 255 -> long
+    if partial:
+        mask[8, 6] = 128
     _png(root / "benign/benign (2).png", rgb)
     _png(root / "benign/benign (2)_mask.png", mask)
     extra = np.zeros((10, 7), np.uint8)
@@ -361,7 +363,7 @@ def test_convert_busi_reproduces_pcd_loader(tmp_path):
 
 def test_convert_busi_options(tmp_path):
     src = tmp_path / "busi"
-    _busi(src)
+    _busi(src, partial=True)
     out = tmp_path / "busi.h5"
     busi_png.convert_busi(src, out, size=[10, 7], extra_masks="union", mask_threshold=128, **NONE)
     label = read_store(out)[1]["benign_2"].label[0]
