@@ -253,3 +253,64 @@ def test_busi_non_png_file_is_warned_and_recorded(busi):
     Image.open(src / BENIGN).save(src / "benign/benign (3).jpg")
     _convert_busi(src, out)()
     assert f"{src / 'benign/benign (3).jpg'}: not a PNG file; ignored" in source_warnings(out)
+
+
+# ------------------------------------------------------------------------------------------ ACDC
+
+
+@pytest.fixture
+def acdc(tmp_path):
+    src = tmp_path / "acdc"
+    _acdc_patient(src, "training", "patient001", ed=1, es=3)
+    _acdc_patient(src, "testing", "patient101", ed=1, es=3)
+    return src, tmp_path / "acdc.h5"
+
+
+def _convert_acdc(src, out):
+    return lambda: acdc_nifti.convert_acdc(src, out, size=[5, 4], **NONE)
+
+
+def test_acdc_frame_listed_in_info_cfg_missing_is_refused(acdc):
+    src, out = acdc
+    path = src / "training/patient001/patient001_frame03.nii.gz"
+    path.unlink()
+    refused(_convert_acdc(src, out), out, path, "ACDC ES frame listed in Info.cfg is missing", error=MissingCaseFile)
+
+
+def test_acdc_training_frame_without_its_label_is_refused(acdc):
+    src, out = acdc
+    path = src / "training/patient001/patient001_frame03_gt.nii.gz"
+    path.unlink()
+    refused(_convert_acdc(src, out), out, path, "label of the ACDC training ES frame patient001_frame03.nii.gz is "
+            "missing", error=MissingCaseFile)
+
+
+def test_acdc_testing_frame_without_its_label_is_stored_unlabelled_with_a_warning(acdc):
+    src, out = acdc
+    (src / "testing/patient101/patient101_frame01_gt.nii.gz").unlink()
+    _convert_acdc(src, out)()
+    assert source_warnings(out) == [f"{src / 'testing'}: 1 frame(s) have no _gt label and are stored unlabelled: "
+                                    "patient101_ED"]
+    cases = read_store(out)[1]
+    assert cases["patient101_ED"].label is None and cases["patient101_ES"].label is not None
+
+
+def test_acdc_orphan_label_is_refused(acdc):
+    src, out = acdc
+    path = save_nii(src / "training/patient001/patient001_frame05_gt.nii.gz", np.zeros((5, 4, 3), np.uint8))
+    refused(_convert_acdc(src, out), out, path, "ACDC label without its image patient001_frame05.nii.gz (orphan)")
+
+
+def test_acdc_label_value_outside_0_to_3_is_refused(acdc):
+    src, out = acdc
+    path = src / "training/patient001/patient001_frame01_gt.nii.gz"
+    label = np.zeros((5, 4, 3), np.uint8)
+    label[0, 0, 0] = 4
+    save_nii(path, label, np.diag([1.5, 1.5, 10.0, 1.0]))
+    refused(_convert_acdc(src, out), out, path, "label values [4] are not listed", "values found: [0, 4]")
+
+
+def test_acdc_4d_frame_is_refused(acdc):
+    src, out = acdc
+    path = save_nii(src / "training/patient001/patient001_frame01.nii.gz", np.ones((5, 4, 3, 2), np.float32))
+    refused(_convert_acdc(src, out), out, path, "expected a 3-D volume, got shape (5, 4, 3, 2)")

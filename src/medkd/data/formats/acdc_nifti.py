@@ -2,7 +2,8 @@
 
 Layout: ``src_dir/<subset>/patientNNN/Info.cfg`` (ED and ES frame numbers) with ``patientNNN_frameFF.nii.gz``
 and, where released, ``patientNNN_frameFF_gt.nii.gz`` (0 background, 1 RV cavity, 2 myocardium, 3 LV cavity);
-subsets ``training`` and ``testing``.
+subsets ``training`` and ``testing``. Every training frame needs its ``_gt``; a testing frame without one is
+stored unlabelled with a warning recorded in ``source_warnings``; a ``_gt`` without its frame is refused.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from typing import Any
 
 from medkd.data.convert import (
     CaseLoader,
+    MissingCaseFile,
     SliceOptions,
     find_one,
     load_label_on_grid,
+    refuse_orphans,
     require_dir,
     slice_options,
     volumes_to_case,
+    warn_source,
     write_converted,
 )
 from medkd.data.formats import FORMATS, Format
@@ -27,6 +31,8 @@ from medkd.data.geometry import NIFTI_SUFFIXES, read_volume
 from medkd.data.store import SliceCase
 
 ACDC_LABELS = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
+LABELLED_SUBSETS = ("training",)
+"""Subsets whose every ED / ES frame must have its ``_gt`` label (testing labels were released later)."""
 
 
 def read_acdc_info(path: str | Path) -> dict[str, str]:
@@ -68,8 +74,10 @@ def convert_acdc(src_dir: str | Path, out_path: str | Path, *, frames: Sequence[
         **slicing: :func:`medkd.data.convert.slice_options`.
 
     Raises:
-        FileNotFoundError: a subset folder or a frame file is missing (names it).
-        ValueError: unknown frame or subset names, no patient, a bad Info.cfg, a label off the image grid.
+        FileNotFoundError: a subset folder or Info.cfg is missing.
+        MissingCaseFile: a frame listed in Info.cfg, or the ``_gt`` of a training frame, is missing (names it).
+        InputError: a ``_gt`` without its frame, label values outside 0..3, a 4-D frame, a label off the image grid.
+        ValueError: unknown frame or subset names, no patient, a bad Info.cfg.
     """
     src = Path(src_dir)
     frames = [str(f).upper() for f in frames]
@@ -79,30 +87,45 @@ def convert_acdc(src_dir: str | Path, out_path: str | Path, *, frames: Sequence[
         raise ValueError(f"subsets must be a non-empty list of training / testing, got {list(subsets)}")
     opts = slice_options(channel_names=["cine"], **slicing)
     jobs: list[tuple[str, CaseLoader]] = []
+    warnings: list[str] = []
     for subset in subsets:
         folder = require_dir(src / subset, f"ACDC {subset} folder")
+        unlabelled = []
         for patient in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("patient")):
             info = read_acdc_info(patient / "Info.cfg")
             for frame_name in frames:
                 number = int(info[frame_name])
+                stem = f"{patient.name}_frame{number:02d}"
+                image_path = find_one(patient, stem, NIFTI_SUFFIXES)
+                if image_path is None:
+                    raise MissingCaseFile(f"{patient / (stem + '.nii.gz')}: ACDC {frame_name} frame listed in "
+                                          "Info.cfg is missing")
+                label_path = find_one(patient, f"{stem}_gt", NIFTI_SUFFIXES)
+                if label_path is None and subset in LABELLED_SUBSETS:
+                    raise MissingCaseFile(f"{patient / (stem + '_gt.nii.gz')}: label of the ACDC {subset} "
+                                          f"{frame_name} frame {image_path.name} is missing; every {subset} frame "
+                                          "needs its _gt")
+                if label_path is None:
+                    unlabelled.append(f"{patient.name}_{frame_name}")
                 jobs.append((f"{patient.name}_{frame_name}",
-                             _acdc_loader(patient, frame_name, number, subset, opts)))
+                             _acdc_loader(patient, frame_name, number, subset, image_path, label_path, opts)))
+            refuse_orphans(((gt, gt.with_name(gt.name.replace("_gt.nii", ".nii")))
+                            for gt in sorted(patient.glob(f"{patient.name}_frame*_gt.nii*"))), "ACDC label")
+        if unlabelled:
+            warn_source(warnings, f"{folder}: {len(unlabelled)} frame(s) have no _gt label and are stored "
+                                  f"unlabelled: {', '.join(unlabelled)}")
     if not jobs:
         raise ValueError(f"{src}: no patientNNN folder under {list(subsets)} (ACDC layout)")
     write_converted(out_path, jobs, converter=convert_acdc, src_dir=src,
                     options={**opts.as_dict(), "frames": frames, "subsets": list(subsets)},
-                    channel_names=["cine"], label_names=ACDC_LABELS, dataset=dataset)
+                    channel_names=["cine"], label_names=ACDC_LABELS, dataset=dataset,
+                    provenance_extra={"source_warnings": warnings})
 
 
-def _acdc_loader(patient: Path, frame_name: str, number: int, subset: str, opts: SliceOptions) -> CaseLoader:
+def _acdc_loader(patient: Path, frame_name: str, number: int, subset: str, image_path: Path,
+                 label_path: Path | None, opts: SliceOptions) -> CaseLoader:
     def load() -> SliceCase | None:
-        stem = f"{patient.name}_frame{number:02d}"
-        image_path = find_one(patient, stem, NIFTI_SUFFIXES)
-        if image_path is None:
-            raise FileNotFoundError(f"{patient / (stem + '.nii.gz')}: ACDC {frame_name} frame listed in Info.cfg "
-                                    "is missing")
         data, affine = read_volume(image_path)
-        label_path = find_one(patient, f"{stem}_gt", NIFTI_SUFFIXES)
         label = None if label_path is None else load_label_on_grid(label_path, data.shape, affine, image_path,
                                                                    ACDC_LABELS)
         return volumes_to_case(f"{patient.name}_{frame_name}", {"cine": data}, affine, label, opts,
