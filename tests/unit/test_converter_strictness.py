@@ -314,3 +314,55 @@ def test_acdc_4d_frame_is_refused(acdc):
     src, out = acdc
     path = save_nii(src / "training/patient001/patient001_frame01.nii.gz", np.ones((5, 4, 3, 2), np.float32))
     refused(_convert_acdc(src, out), out, path, "expected a 3-D volume, got shape (5, 4, 3, 2)")
+
+
+# ------------------------------------------------------------------------------------------ HECKTOR
+
+
+HECKTOR_ID = "CHGJ007"
+
+
+@pytest.fixture
+def hecktor(tmp_path):
+    src = tmp_path / "hecktor"
+    _hecktor(src, HECKTOR_ID)
+    return src, tmp_path / "hecktor.h5"
+
+
+def _convert_hecktor(src, out, **options):
+    return lambda: hecktor_nifti.convert_hecktor(src, out, **{"image_order": 1, "size": [4, 4], **NONE, **options})
+
+
+@pytest.mark.parametrize("kind", ["pt", "gtvt"])
+def test_hecktor_patient_missing_pet_or_gtvt_is_refused(hecktor, kind):
+    src, out = hecktor
+    path = src / "hecktor_nii" / f"{HECKTOR_ID}_{kind}.nii.gz"
+    path.unlink()
+    refused(_convert_hecktor(src, out), out, path, f"HECKTOR file missing for patient {HECKTOR_ID}",
+            error=MissingCaseFile)
+
+
+@pytest.mark.parametrize("kind", ["pt", "gtvt"])
+def test_hecktor_pet_or_gtvt_without_its_ct_is_refused(hecktor, kind):
+    src, out = hecktor
+    path = src / "hecktor_nii" / f"CHGJ008_{kind}.nii.gz"
+    save_nii(path, np.zeros((4, 4, 3), np.uint8))
+    refused(_convert_hecktor(src, out), out, path, f"HECKTOR {kind.upper()} file without its image "
+            "CHGJ008_ct.nii.gz (orphan)")
+
+
+@pytest.mark.parametrize("crop", ["bbox", "none"])
+def test_hecktor_gtvt_that_is_not_binary_is_refused(hecktor, crop):
+    src, out = hecktor
+    path = src / "hecktor_nii" / f"{HECKTOR_ID}_gtvt.nii.gz"
+    gt = np.asarray(nib.load(path).dataobj).copy()
+    gt[0, 0, 0] = 2  # outside the bounding box: bbox used to crop it away unseen
+    save_nii(path, gt)
+    refused(_convert_hecktor(src, out, crop=crop), out, path,
+            "label values [2] are not listed in HECKTOR's binary GTVt convention [0, 1] (values found: [0, 1, 2])")
+
+
+def test_hecktor_4d_ct_is_refused(hecktor):
+    src, out = hecktor
+    path = save_nii(src / "hecktor_nii" / f"{HECKTOR_ID}_ct.nii.gz", np.zeros((10, 9, 6, 2), np.float32))
+    refused(_convert_hecktor(src, out), out, path, "expected a 3-D volume, got shape (10, 9, 6, 2)")

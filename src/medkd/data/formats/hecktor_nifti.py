@@ -3,7 +3,8 @@
 Layout: ``src_dir/hecktor_nii/<ID>_ct.nii.gz``, ``<ID>_pt.nii.gz`` (FDG-PET, SUV, coarser grid),
 ``<ID>_gtvt.nii.gz`` (primary tumour, on the CT grid), and ``src_dir/<bbox_csv>`` (the organisers'
 ``hecktor2021_bbox_training.csv``: one 144 mm box per patient, ITK/LPS mm). Channels are named ``CT`` and
-``PT`` (file suffixes ``_ct``, ``_pt``).
+``PT`` (file suffixes ``_ct``, ``_pt``). A patient missing a converted image or its GTVt, a PET or GTVt file without
+its CT, and a GTVt that is not binary (0 / 1, checked on the whole file before cropping) are refused.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 from medkd.data.convert import (
     MODALITY_NORMALISE_SCHEMA,
     CaseLoader,
+    MissingCaseFile,
     check_label_values,
     load_label_on_grid,
+    refuse_orphans,
     require_dir,
     slice_options,
     volumes_to_case,
@@ -30,6 +33,7 @@ from medkd.data.geometry import read_volume, resample_to_grid
 from medkd.data.store import SliceCase
 
 HECKTOR_LABELS = {"0": "background", "1": "GTVt"}
+LABELS_LISTED_IN = "HECKTOR's binary GTVt convention"
 
 
 def read_hecktor_bboxes(path: str | Path) -> dict[str, np.ndarray]:
@@ -111,9 +115,11 @@ def convert_hecktor(src_dir: str | Path, out_path: str | Path, *, modalities: Se
             PET z-score).
 
     Raises:
-        FileNotFoundError: the image folder, the bbox CSV or a case file is missing.
-        ValueError: bad options, a patient without a bounding box, unreadable files, label off the CT grid
-            (``crop="none"``).
+        FileNotFoundError: the image folder or the bbox CSV is missing.
+        MissingCaseFile: a converted image or the GTVt of a patient is missing (names it).
+        InputError: a PET or GTVt without its CT, a GTVt with values other than 0 and 1, a 4-D volume, a label
+            off the CT grid (``crop="none"``).
+        ValueError: bad options, a patient without a bounding box, unreadable files.
     """
     src = Path(src_dir)
     mods = [str(m) for m in modalities]
@@ -128,6 +134,15 @@ def convert_hecktor(src_dir: str | Path, out_path: str | Path, *, modalities: Se
     ids = sorted(p.name[: -len("_ct.nii.gz")] for p in folder.glob("*_ct.nii.gz"))
     if not ids:
         raise ValueError(f"{folder}: no <ID>_ct.nii.gz file (HECKTOR layout)")
+    for kind in ("pt", "gtvt"):
+        refuse_orphans(((p, p.with_name(p.name[: -len(f"_{kind}.nii.gz")] + "_ct.nii.gz"))
+                        for p in sorted(folder.glob(f"*_{kind}.nii.gz"))), f"HECKTOR {kind.upper()} file")
+    needed = [m.lower() for m in mods] + ["gtvt"]
+    for pid in ids:
+        for kind in needed:
+            if not (folder / f"{pid}_{kind}.nii.gz").is_file():
+                raise MissingCaseFile(f"{folder / f'{pid}_{kind}.nii.gz'}: HECKTOR file missing for patient {pid}; "
+                                      f"every patient needs _{', _'.join(needed)} (and _ct)")
     boxes = read_hecktor_bboxes(src / bbox_csv) if crop == "bbox" else {}
     missing = [i for i in ids if crop == "bbox" and i not in boxes]
     if missing:
@@ -137,9 +152,6 @@ def convert_hecktor(src_dir: str | Path, out_path: str | Path, *, modalities: Se
         def load() -> SliceCase | None:
             paths = {m: folder / f"{pid}_{m.lower()}.nii.gz" for m in ("CT", "PT")}
             label_path = folder / f"{pid}_gtvt.nii.gz"
-            for p in [paths[m] for m in mods] + [label_path]:
-                if not p.is_file():
-                    raise FileNotFoundError(f"{p}: HECKTOR file missing")
             ct, ct_affine = read_volume(paths["CT"])
             if crop == "bbox":
                 shape, affine = bbox_grid(boxes[pid], resolution_mm)
@@ -148,8 +160,9 @@ def convert_hecktor(src_dir: str | Path, out_path: str | Path, *, modalities: Se
                     data, src_affine = (ct, ct_affine) if m == "CT" else read_volume(paths[m])
                     channels[m] = resample_to_grid(data, src_affine, shape, affine, order=int(image_order))
                 raw_label, label_affine = read_volume(label_path)
-                label = check_label_values(resample_to_grid(raw_label, label_affine, shape, affine, order=0),
-                                           label_path, {int(k) for k in HECKTOR_LABELS})
+                raw_label = check_label_values(raw_label, label_path, {int(k) for k in HECKTOR_LABELS},
+                                               LABELS_LISTED_IN)  # the whole file, not only the box
+                label = resample_to_grid(raw_label, label_affine, shape, affine, order=0)
             else:
                 shape, affine = ct.shape, ct_affine
                 channels = {}
@@ -159,7 +172,7 @@ def convert_hecktor(src_dir: str | Path, out_path: str | Path, *, modalities: Se
                     else:
                         data, src_affine = read_volume(paths[m])
                         channels[m] = resample_to_grid(data, src_affine, shape, affine, order=1)
-                label = load_label_on_grid(label_path, shape, affine, paths["CT"], HECKTOR_LABELS)
+                label = load_label_on_grid(label_path, shape, affine, paths["CT"], HECKTOR_LABELS, LABELS_LISTED_IN)
             return volumes_to_case(pid, channels, affine, label, opts,
                                    {"image": ";".join(str(paths[m]) for m in mods), "label": str(label_path)})
         return load
