@@ -366,3 +366,80 @@ def test_hecktor_4d_ct_is_refused(hecktor):
     src, out = hecktor
     path = save_nii(src / "hecktor_nii" / f"{HECKTOR_ID}_ct.nii.gz", np.zeros((10, 9, 6, 2), np.float32))
     refused(_convert_hecktor(src, out), out, path, "expected a 3-D volume, got shape (10, 9, 6, 2)")
+
+
+# ------------------------------------------------------------------------------------------ PI-CAI
+
+
+PICAI_LABELS = "labels/csPCa_lesion_delineations/human_expert/resampled"
+
+
+def _picai_study(src, patient, study, isup=2, label=True):
+    stem = f"{patient}_{study}"
+    for m in ("t2w", "adc", "hbv"):
+        save_mha(src / "images" / str(patient) / f"{stem}_{m}.mha", np.full((6, 6, 3), 10.0, np.float32))
+    if label:
+        _, affine = picai_mha.read_volume(src / "images" / str(patient) / f"{stem}_t2w.mha")
+        lesion = np.zeros((6, 6, 3), np.uint8)
+        lesion[2, 2, 1] = isup
+        save_nii(src / PICAI_LABELS / f"{stem}.nii.gz", lesion, affine)
+
+
+@pytest.fixture
+def picai(tmp_path):
+    src = tmp_path / "picai"
+    _picai_study(src, 10000, 1000000)
+    _picai_study(src, 10001, 1000001, isup=5)
+    return src, tmp_path / "picai.h5"
+
+
+def _convert_picai(src, out, **options):
+    return lambda: picai_mha.convert_picai(src, out, **{"size": [6, 6], **NONE, **options})
+
+
+def test_picai_study_missing_a_sequence_is_refused(picai):
+    src, out = picai
+    path = src / "images/10001/10001_1000001_adc.mha"
+    path.unlink()
+    refused(_convert_picai(src, out), out, path, "PI-CAI sequence 'adc' of study 10001_1000001 missing",
+            error=MissingCaseFile)
+
+
+def test_picai_sequence_without_the_reference_t2w_is_refused(picai):
+    src, out = picai
+    (src / "images/10001/10001_1000001_t2w.mha").unlink()  # the study used to vanish
+    refused(_convert_picai(src, out), out, src / "images/10001/10001_1000001_adc.mha",
+            "PI-CAI adc sequence without its image 10001_1000001_t2w.mha (orphan)")
+
+
+def test_picai_orphan_label_is_refused(picai):
+    src, out = picai
+    path = save_nii(src / PICAI_LABELS / "10009_1000009.nii.gz", np.zeros((6, 6, 3), np.uint8))
+    refused(_convert_picai(src, out), out, path, "PI-CAI label without its image 10009_1000009_t2w.mha (orphan)")
+
+
+@pytest.mark.parametrize(("option", "verb"), [("skip", "skipped"), ("keep", "kept unlabelled")])
+def test_picai_unlabelled_study_follows_the_option_with_a_warning(tmp_path, picai, option, verb):
+    src, out = picai
+    _picai_study(src, 10002, 1000002, label=False)
+    _convert_picai(src, out, unlabelled=option)()
+    assert source_warnings(out) == [f"{src / PICAI_LABELS}: 1 of 3 studies have no label file and were {verb} "
+                                    f"(unlabelled: {option}): 10002_1000002"]
+    assert ("10002_1000002" in read_store(out)[1]) == (option == "keep")
+
+
+def test_picai_label_value_outside_0_to_5_is_refused(picai):
+    src, out = picai
+    _picai_study(src, 10001, 1000001, isup=6)
+    refused(_convert_picai(src, out), out, src / PICAI_LABELS / "10001_1000001.nii.gz", "label values [6] are not "
+            "listed", "values found: [0, 6]")
+
+
+def test_picai_multi_component_image_is_refused(picai):
+    import SimpleITK as sitk
+
+    src, out = picai
+    path = src / "images/10001/10001_1000001_hbv.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 6, 6, 2), np.float32)), str(path))
+    refused(_convert_picai(src, out), out, path, "expected a 3-D single-component image, got dimension 3 with 2 "
+            "component(s)")

@@ -2,12 +2,13 @@
 
 Layout: ``src_dir/images/<patient>/<patient>_<study>_<modality>.mha`` and
 ``src_dir/<label_dir>/<patient>_<study>.nii.gz``. The human-expert ``resampled`` labels lie on the T2w grid;
-their values are 0 and the ISUP grade 2..5 of each csPCa lesion (1 is accepted for binary masks).
+their values are 0 and the ISUP grade 2..5 of each csPCa lesion (1 is accepted for binary masks). A study
+missing a converted sequence, a sequence or label without the study's first sequence, and label values outside
+0..5 are refused; studies without a label are skipped or kept (``unlabelled``) with a recorded warning.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,19 +16,20 @@ from typing import Any
 from medkd.data.convert import (
     MODALITY_NORMALISE_SCHEMA,
     CaseLoader,
+    MissingCaseFile,
     SliceOptions,
     find_one,
     load_label_on_grid,
+    refuse_orphans,
     require_dir,
     slice_options,
     volumes_to_case,
+    warn_source,
     write_converted,
 )
 from medkd.data.formats import FORMATS, Format
-from medkd.data.geometry import NIFTI_SUFFIXES, read_volume, resample_to_grid
+from medkd.data.geometry import NIFTI_SUFFIXES, has_suffix, read_volume, resample_to_grid, strip_suffix
 from medkd.data.store import SliceCase
-
-log = logging.getLogger(__name__)
 
 PICAI_LABELS = {"0": "background", "1": "lesion", "2": "ISUP2", "3": "ISUP3", "4": "ISUP4", "5": "ISUP5"}
 
@@ -53,8 +55,11 @@ def convert_picai(src_dir: str | Path, out_path: str | Path, *, modalities: Sequ
         **slicing: :func:`medkd.data.convert.slice_options`.
 
     Raises:
-        FileNotFoundError: the images folder or a modality file of a study is missing.
-        ValueError: bad options, no study, unreadable files, a label off the T2w grid.
+        FileNotFoundError: the images folder is missing.
+        MissingCaseFile: a study lacks one of ``modalities`` (names the file).
+        InputError: a sequence or a label without the study's first modality, label values outside 0..5, a 4-D
+            volume, a label off the T2w grid.
+        ValueError: bad options, no study, unreadable files.
     """
     src = Path(src_dir)
     mods = [str(m) for m in modalities]
@@ -69,9 +74,20 @@ def convert_picai(src_dir: str | Path, out_path: str | Path, *, modalities: Sequ
     studies = sorted((p.parent, p.name[: -len(suffix)]) for p in images.glob(f"*/*{suffix}"))
     if not studies:
         raise ValueError(f"{images}: no <patient>/<patient>_<study>{suffix} file (PI-CAI layout)")
+    for m in mods[1:]:
+        refuse_orphans(((p, p.with_name(p.name[: -len(f"_{m}.mha")] + suffix))
+                        for p in sorted(images.glob(f"*/*_{m}.mha"))), f"PI-CAI {m} sequence")
+    label_files = sorted(p for p in labels.iterdir() if has_suffix(p, NIFTI_SUFFIXES)) if labels.is_dir() else []
+    refuse_orphans(((p, images / p.name.split("_")[0] / (strip_suffix(p.name, NIFTI_SUFFIXES) + suffix))
+                    for p in label_files), "PI-CAI label")
     jobs: list[tuple[str, CaseLoader]] = []
     not_labelled: list[str] = []
+    warnings: list[str] = []
     for folder, study in studies:
+        for m in mods:
+            if not (folder / f"{study}_{m}.mha").is_file():
+                raise MissingCaseFile(f"{folder / f'{study}_{m}.mha'}: PI-CAI sequence {m!r} of study {study} "
+                                      f"missing; every study needs {mods}")
         label_path = find_one(labels, study, NIFTI_SUFFIXES) if labels.is_dir() else None
         if label_path is None:
             not_labelled.append(study)
@@ -79,22 +95,20 @@ def convert_picai(src_dir: str | Path, out_path: str | Path, *, modalities: Sequ
                 continue
         jobs.append((study, _picai_loader(folder, study, mods, label_path, opts)))
     if not_labelled:
-        log.info("%s: %d studies have no label in %s (%s)", src, len(not_labelled), labels,
-                 "skipped" if unlabelled == "skip" else "kept unlabelled")
+        warn_source(warnings, f"{labels}: {len(not_labelled)} of {len(studies)} studies have no label file and were "
+                              f"{'skipped' if unlabelled == 'skip' else 'kept unlabelled'} (unlabelled: "
+                              f"{unlabelled}): {', '.join(not_labelled)}")
     if not jobs:
         raise ValueError(f"{labels}: no label file for any of the {len(studies)} studies (unlabelled: skip)")
     write_converted(out_path, jobs, converter=convert_picai, src_dir=src,
                     options={**opts.as_dict(), "modalities": mods, "label_dir": label_dir, "unlabelled": unlabelled},
                     channel_names=mods, label_names=PICAI_LABELS, dataset=dataset,
-                    provenance_extra={"unlabelled_studies": not_labelled})
+                    provenance_extra={"unlabelled_studies": not_labelled, "source_warnings": warnings})
 
 
 def _picai_loader(folder: Path, study: str, mods: list[str], label_path: Path | None, opts: SliceOptions) -> CaseLoader:
     def load() -> SliceCase | None:
         paths = {m: folder / f"{study}_{m}.mha" for m in mods}
-        for p in paths.values():
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: PI-CAI sequence missing")
         ref, ref_affine = read_volume(paths[mods[0]])
         channels = {mods[0]: ref}
         for m in mods[1:]:
