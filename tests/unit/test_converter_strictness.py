@@ -443,3 +443,73 @@ def test_picai_multi_component_image_is_refused(picai):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 6, 6, 2), np.float32)), str(path))
     refused(_convert_picai(src, out), out, path, "expected a 3-D single-component image, got dimension 3 with 2 "
             "component(s)")
+
+
+# ------------------------------------------------------------------------------------------ MRBrainS13
+
+
+def _mrbrains_subject(src, subset, n, label=True):
+    for mod in ("T1", "T1_IR", "T2_FLAIR"):
+        save_nii(src / subset / str(n) / f"{mod}.nii", np.full((4, 4, 3), 5.0, np.float32))
+    if label:
+        lab = np.zeros((4, 4, 3), np.uint8)
+        lab[1, 1, 1] = 3
+        save_nii(src / subset / str(n) / "LabelsForTesting.nii", lab)
+
+
+@pytest.fixture
+def mrbrains(tmp_path):
+    src = tmp_path / "mrbrains"
+    _mrbrains_subject(src, "TrainingData", 1)
+    _mrbrains_subject(src, "TestData", 1, label=False)
+    return src, tmp_path / "mrbrains.h5"
+
+
+def _convert_mrbrains(src, out, **options):
+    return lambda: mrbrains13.convert_mrbrains(src, out, **{"size": [4, 4], **NONE, **options})
+
+
+def test_mrbrains_subject_missing_a_modality_is_refused(mrbrains):
+    src, out = mrbrains
+    (src / "TestData/1/T1_IR.nii").unlink()
+    refused(_convert_mrbrains(src, out), out, src / "TestData/1/T1_IR.nii",
+            "missing MRBrainS13 image 'T1_IR' of subject TestData/1", error=MissingCaseFile)
+
+
+def test_mrbrains_training_subject_missing_its_label_file_is_refused(mrbrains):
+    src, out = mrbrains
+    (src / "TrainingData/1/LabelsForTesting.nii").unlink()
+    refused(_convert_mrbrains(src, out), out, src / "TrainingData/1/LabelsForTesting.nii",
+            "missing MRBrainS13 label file of subject TrainingData/1", error=MissingCaseFile)
+    _convert_mrbrains(src, out, label_file=None)()  # reconstruction needs no labels: nothing to miss
+    assert source_warnings(out) == []
+
+
+def test_mrbrains_test_subject_without_labels_is_stored_unlabelled_with_a_warning(mrbrains):
+    src, out = mrbrains
+    _convert_mrbrains(src, out)()
+    assert source_warnings(out) == [f"{src / 'TestData'}: 1 subject(s) have no LabelsForTesting and are stored "
+                                    "unlabelled: TestData_1"]
+    assert read_store(out)[1]["TestData_1"].label is None
+
+
+def test_mrbrains_orphan_label_file_is_refused(mrbrains):
+    src, out = mrbrains
+    for mod in ("T1", "T1_IR", "T2_FLAIR"):
+        (src / "TrainingData/1" / f"{mod}.nii").unlink()
+    refused(_convert_mrbrains(src, out), out, src / "TrainingData/1/LabelsForTesting.nii",
+            "MRBrainS13 label without its image T1.nii (orphan)")
+
+
+def test_mrbrains_label_value_outside_the_label_file_range_is_refused(mrbrains):
+    src, out = mrbrains
+    lab = np.zeros((4, 4, 3), np.uint8)
+    lab[0, 0, 0] = 5  # a LabelsForTraining value in LabelsForTesting (0-3)
+    path = save_nii(src / "TrainingData/1/LabelsForTesting.nii", lab)
+    refused(_convert_mrbrains(src, out), out, path, "label values [5] are not listed", "values found: [0, 5]")
+
+
+def test_mrbrains_4d_image_is_refused(mrbrains):
+    src, out = mrbrains
+    path = save_nii(src / "TrainingData/1/T2_FLAIR.nii", np.ones((4, 4, 3, 2), np.float32))
+    refused(_convert_mrbrains(src, out), out, path, "expected a 3-D volume, got shape (4, 4, 3, 2)")

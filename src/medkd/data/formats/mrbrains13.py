@@ -3,7 +3,9 @@
 Layout: ``src_dir/<subset>/<n>/`` with ``T1``, ``T1_IR``, ``T2_FLAIR`` (registered, 0.958 x 0.958 x 3.0 mm,
 240 x 240 x 48), each as ``.nii``, ``.nii.gz`` or ``.mhd`` (+ ``.raw``, the original release), and for
 training subjects ``LabelsForTesting`` (0 background, 1 CSF, 2 GM, 3 WM; what the challenge scores) and
-``LabelsForTraining`` (9 structures).
+``LabelsForTraining`` (9 structures). A subject missing a modality, a TrainingData subject missing the chosen label
+file, and a label file without images are refused; subjects of other subsets (TestData) without it are stored
+unlabelled with a warning recorded in ``source_warnings``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from typing import Any
 from medkd.data.convert import (
     MODALITY_NORMALISE_SCHEMA,
     CaseLoader,
+    MissingCaseFile,
     SliceOptions,
     find_one,
     load_label_on_grid,
     natural_key,
+    refuse_orphans,
     require_dir,
     slice_options,
     volumes_to_case,
+    warn_source,
     write_converted,
 )
 from medkd.data.formats import FORMATS, Format
@@ -35,6 +40,8 @@ MRBRAINS_LABELS = {
                           "8": "brainstem"},
 }
 SUFFIXES = NIFTI_SUFFIXES + (".mhd", ".mha")
+LABELLED_SUBSETS = ("TrainingData",)
+"""Subsets whose every subject must have ``label_file`` (when one is chosen); MRBrainS13 TestData has none."""
 
 
 def convert_mrbrains(src_dir: str | Path, out_path: str | Path, *,
@@ -44,8 +51,8 @@ def convert_mrbrains(src_dir: str | Path, out_path: str | Path, *,
                      **slicing: Any) -> None:
     """MRBrainS13 subject folders -> slice store (layout in the module docstring).
 
-    Case ids ``<subset>_<n>`` (e.g. ``TrainingData_1``); subjects without the label file are stored unlabelled
-    (all of TestData).
+    Case ids ``<subset>_<n>`` (e.g. ``TrainingData_1``). With a ``label_file``, every TrainingData subject needs
+    it; subjects of other subsets without it (all of TestData) are stored unlabelled, with a recorded warning.
 
     Args:
         src_dir: the dataset folder.
@@ -58,8 +65,11 @@ def convert_mrbrains(src_dir: str | Path, out_path: str | Path, *,
         **slicing: :func:`medkd.data.convert.slice_options`.
 
     Raises:
-        FileNotFoundError: a subset folder or a modality file is missing.
-        ValueError: bad options, no subject, channels not co-registered, a label off the grid.
+        FileNotFoundError: a subset folder is missing.
+        MissingCaseFile: a modality file, or the label file of a TrainingData subject, is missing (names it).
+        InputError: a label file without images, label values outside ``label_file``'s range, a 4-D volume, a
+            label off the grid.
+        ValueError: bad options, no subject, channels not co-registered.
     """
     src = Path(src_dir)
     mods = [str(m) for m in modalities]
@@ -72,31 +82,44 @@ def convert_mrbrains(src_dir: str | Path, out_path: str | Path, *,
     opts = slice_options(channel_names=mods, **slicing)
     label_names = MRBRAINS_LABELS[label_file] if label_file else {"0": "background"}
     jobs: list[tuple[str, CaseLoader]] = []
+    warnings: list[str] = []
     for subset in subsets:
         folder = require_dir(src / subset, f"MRBrainS13 {subset} folder")
+        unlabelled = []
         for subject in sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
                               key=lambda d: natural_key(d.name)):
+            paths = {mod: find_one(subject, mod, SUFFIXES) for mod in mods}
+            label_path = find_one(subject, label_file, SUFFIXES) if label_file else None
+            if label_path is not None and not any(paths.values()):
+                refuse_orphans([(label_path, subject / f"{mods[0]}.nii")], "MRBrainS13 label")
+            for mod, p in paths.items():
+                if p is None:
+                    raise MissingCaseFile(f"{subject / mod}.nii: missing MRBrainS13 image {mod!r} of subject "
+                                          f"{subset}/{subject.name} (also tried .nii.gz, .mhd, .mha)")
+            if label_file and label_path is None:
+                if subset in LABELLED_SUBSETS:
+                    raise MissingCaseFile(f"{subject / label_file}.nii: missing MRBrainS13 label file of subject "
+                                          f"{subset}/{subject.name} (also tried .nii.gz, .mhd, .mha); every "
+                                          f"{subset} subject needs it with label_file: {label_file}")
+                unlabelled.append(f"{subset}_{subject.name}")
             jobs.append((f"{subset}_{subject.name}",
-                         _mrbrains_loader(subject, subset, mods, label_file, label_names, opts)))
+                         _mrbrains_loader(subject, subset, paths, label_path, label_names, opts)))
+        if unlabelled:
+            warn_source(warnings, f"{folder}: {len(unlabelled)} subject(s) have no {label_file} and are stored "
+                                  f"unlabelled: {', '.join(unlabelled)}")
     if not jobs:
         raise ValueError(f"{src}: no subject folder under {list(subsets)} (MRBrainS13 layout)")
     write_converted(out_path, jobs, converter=convert_mrbrains, src_dir=src,
                     options={**opts.as_dict(), "modalities": mods, "label_file": label_file, "subsets": list(subsets)},
-                    channel_names=mods, label_names=label_names, dataset=dataset)
+                    channel_names=mods, label_names=label_names, dataset=dataset,
+                    provenance_extra={"source_warnings": warnings})
 
 
-def _mrbrains_loader(subject: Path, subset: str, mods: list[str], label_file: str | None,
+def _mrbrains_loader(subject: Path, subset: str, paths: dict[str, Path], label_path: Path | None,
                      label_names: Mapping[str, str], opts: SliceOptions) -> CaseLoader:
     def load() -> SliceCase | None:
-        paths = {}
-        for mod in mods:
-            p = find_one(subject, mod, SUFFIXES)
-            if p is None:
-                raise FileNotFoundError(f"{subject / mod}.nii: missing MRBrainS13 image "
-                                        "(also tried .nii.gz, .mhd, .mha)")
-            paths[mod] = p
+        mods = list(paths)
         channels, ref_affine, ref_shape = read_coregistered(paths)
-        label_path = find_one(subject, label_file, SUFFIXES) if label_file else None
         label = None if label_path is None else load_label_on_grid(label_path, ref_shape, ref_affine,
                                                                    paths[mods[0]], label_names)
         return volumes_to_case(f"{subset}_{subject.name}", channels, ref_affine, label, opts,
