@@ -513,3 +513,66 @@ def test_mrbrains_4d_image_is_refused(mrbrains):
     src, out = mrbrains
     path = save_nii(src / "TrainingData/1/T2_FLAIR.nii", np.ones((4, 4, 3, 2), np.float32))
     refused(_convert_mrbrains(src, out), out, path, "expected a 3-D volume, got shape (4, 4, 3, 2)")
+
+
+# ------------------------------------------------------------------------------------------ Calgary-Campinas
+
+
+@pytest.fixture
+def cc359(tmp_path):
+    src = tmp_path / "cc"
+    save_nii(src / "Original/CC0001_philips_15_55_M.nii.gz", np.full((6, 6, 5), 3.0, np.float32))
+    return src, tmp_path / "cc.h5"
+
+
+def test_cc359_4d_volume_is_refused(cc359):
+    src, out = cc359
+    path = save_nii(src / "Original/CC0002_ge_3_45_F.nii.gz", np.ones((6, 6, 5, 2), np.float32))
+    refused(lambda: cc359_nifti.convert_cc359(src, out, size=[6, 6], **NONE), out, path,
+            "expected a 3-D volume, got shape (6, 6, 5, 2)")
+
+
+def test_cc359_other_file_is_warned_and_recorded(cc359):
+    src, out = cc359
+    path = src / "Original/CC0002_ge_3_45_F.mnc"
+    path.write_bytes(b"MINC")
+    cc359_nifti.convert_cc359(src, out, size=[6, 6], **NONE)
+    assert source_warnings(out) == [f"{path}: not a CC*.nii[.gz] volume; ignored"]
+
+
+# ------------------------------------------------------------------------------------------ knee .mat
+
+
+@pytest.fixture
+def knee(tmp_path):
+    src = tmp_path / "knee"
+    for k in (1, 2, 3):
+        (src / "coronal_pd/1").mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(src / "coronal_pd/1" / f"espirit{k}.mat", {"reference": np.full((8, 4), 1.0 + k)})
+    return src, tmp_path / "knee.h5"
+
+
+def _convert_knee(src, out):
+    return lambda: vn_knee_mat.convert_knee_mat(src, out, size=[8, 4], **NONE)
+
+
+def test_knee_patient_with_a_slice_gap_is_refused(knee):
+    src, out = knee
+    (src / "coronal_pd/1/espirit2.mat").unlink()
+    refused(_convert_knee(src, out), out, src / "coronal_pd/1", "slice file(s) espirit2.mat missing between "
+            "espirit1.mat and espirit3.mat")
+
+
+def test_knee_image_that_is_not_2d_is_refused(knee):
+    src, out = knee
+    path = src / "coronal_pd/1/espirit2.mat"
+    scipy.io.savemat(path, {"reference": np.ones((8, 4, 2))})
+    refused(_convert_knee(src, out), out, path, "'reference' must be a 2-D image, got shape (8, 4, 2)")
+
+
+def test_knee_folder_without_slices_is_warned_and_recorded(knee):
+    src, out = knee
+    (src / "coronal_pd/masks").mkdir()
+    _convert_knee(src, out)()
+    assert source_warnings(out) == [f"{src / 'coronal_pd/masks'}: holds no espirit<k>.mat slice, not a patient "
+                                    "folder; ignored"]

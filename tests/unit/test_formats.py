@@ -292,7 +292,7 @@ def test_convert_knee_mat(tmp_path):
     patient = src / "coronal_pd" / "1"
     patient.mkdir(parents=True)
     slices = []
-    for k in (1, 2, 10):  # numeric slice order: 1, 2, 10 (not 1, 10, 2)
+    for k in range(1, 11):  # numeric slice order: 1, 2, ..., 10 (not 1, 10, 2); a gap would be refused
         ref = np.full((8, 4), 3.0 * k, dtype=np.float64) * np.exp(1j * 0.3)
         ref[0, 0] = 0.0
         slices.append(np.abs(ref))
@@ -302,9 +302,9 @@ def test_convert_knee_mat(tmp_path):
     vn_knee_mat.convert_knee_mat(src, out, size=[8, 4], spacing_mm=[0.5, 0.4, 3.0], **NONE)
     attrs, cases = read_store(out)
     c = cases["coronal_pd_1"]
-    assert c.image.shape == (3, 1, 8, 4)
-    np.testing.assert_allclose(c.image[:, 0], np.stack(slices), rtol=1e-6)  # |reference|, slices 1, 2, 10
-    np.testing.assert_array_equal(c.attrs["slice_numbers"], [1, 2, 10])
+    assert c.image.shape == (10, 1, 8, 4)
+    np.testing.assert_allclose(c.image[:, 0], np.stack(slices), rtol=1e-6)  # |reference|, slices 1, 2, ..., 10
+    np.testing.assert_array_equal(c.attrs["slice_numbers"], list(range(1, 11)))
     np.testing.assert_allclose(c.spacing, (0.5, 0.4, 3.0))
     with pytest.raises(ValueError, match="axis must be 2"):
         vn_knee_mat.convert_knee_mat(src, out, axis=0, **NONE)

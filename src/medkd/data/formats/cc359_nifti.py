@@ -2,7 +2,8 @@
 
 Layout: ``src_dir/<folder>/CC<nnnn>_<vendor>_<field>_<age>_<sex>.nii.gz``; the case id is the file name
 without ``.nii.gz``. KD-MRI's super-resolution experiment uses 256 x 256 slices; the slice axis is the
-config's choice (no source states it).
+config's choice (no source states it). Other files in the folder are ignored with a warning recorded in
+``source_warnings``; a 4-D volume is refused.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medkd.data.convert import CaseLoader, require_dir, slice_options, volumes_to_case, write_converted
+from medkd.data.convert import CaseLoader, require_dir, slice_options, volumes_to_case, warn_source, write_converted
 from medkd.data.formats import FORMATS, Format
 from medkd.data.geometry import NIFTI_SUFFIXES, has_suffix, read_volume, strip_suffix
 from medkd.data.store import SliceCase
@@ -29,11 +30,17 @@ def convert_cc359(src_dir: str | Path, out_path: str | Path, *, folder: str = "O
 
     Raises:
         FileNotFoundError: the folder is missing.
+        InputError: a volume that is not 3-D.
         ValueError: no ``CC*.nii[.gz]`` file, bad options, unreadable volumes.
     """
     src = Path(src_dir)
     base = require_dir(src / folder, "Calgary-Campinas volume folder")
-    files = sorted(p for p in base.iterdir() if p.name.startswith("CC") and has_suffix(p, NIFTI_SUFFIXES))
+    files, warnings = [], []
+    for p in sorted(base.iterdir()):
+        if p.name.startswith("CC") and has_suffix(p, NIFTI_SUFFIXES):
+            files.append(p)
+        elif not p.name.startswith("."):
+            warn_source(warnings, f"{p}: not a CC*.nii[.gz] volume; ignored")
     if not files:
         raise ValueError(f"{base}: no CC*.nii.gz volume (Calgary-Campinas layout)")
     opts = slice_options(channel_names=["T1"], **slicing)
@@ -47,7 +54,8 @@ def convert_cc359(src_dir: str | Path, out_path: str | Path, *, folder: str = "O
 
     write_converted(out_path, [(strip_suffix(p.name, NIFTI_SUFFIXES), loader(p)) for p in files],
                     converter=convert_cc359, src_dir=src, options={**opts.as_dict(), "folder": folder},
-                    channel_names=["T1"], label_names={"0": "background"}, dataset=dataset)
+                    channel_names=["T1"], label_names={"0": "background"}, dataset=dataset,
+                    provenance_extra={"source_warnings": warnings})
 
 
 @FORMATS.register("cc359_nifti")

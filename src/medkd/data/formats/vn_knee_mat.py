@@ -2,7 +2,9 @@
 
 Layout: ``src_dir/<sequence>/<patient>/<file_prefix><k>.mat`` with ``k`` = 1, 2, ... (slice order is the
 numeric order of ``k``); each file holds ``mat_key``, the complex coil-combined reference image
-(``espirit<k>.mat``: ``reference``, 640 x 368 for coronal PD). The files carry no geometry.
+(``espirit<k>.mat``: ``reference``, 640 x 368 for coronal PD). The files carry no geometry. A patient whose slice
+numbers have a gap, or an image that is not 2-D, is refused; a folder without slice files (``masks/``) is ignored
+with a warning recorded in ``source_warnings``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from medkd.data.convert import (
     require_dir,
     slice_options,
     volumes_to_case,
+    warn_source,
     write_converted,
 )
 from medkd.data.formats import FORMATS, Format
 from medkd.data.store import SliceCase
+from medkd.errors import InputError
 
 
 def read_mat_array(path: str | Path, key: str) -> np.ndarray:
@@ -87,7 +91,8 @@ def convert_knee_mat(src_dir: str | Path, out_path: str | Path, *, sequences: Se
 
     Raises:
         FileNotFoundError: a sequence folder is missing.
-        ValueError: no patient with slice files, slices of different shapes or not 2-D, bad options.
+        InputError: a gap in a patient's slice numbers, slices of different shapes or not 2-D.
+        ValueError: no patient with slice files, bad options.
     """
     src = Path(src_dir)
     if len(spacing_mm) != 3 or min(float(s) for s in spacing_mm) <= 0:
@@ -97,20 +102,28 @@ def convert_knee_mat(src_dir: str | Path, out_path: str | Path, *, sequences: Se
         raise ValueError(f"vn_knee_mat stacks the 2-D slices along axis 2; axis must be 2, got {opts.axis}")
     pattern = re.compile(rf"^{re.escape(file_prefix)}(\d+)\.mat$")
     jobs: list[tuple[str, CaseLoader]] = []
+    warnings: list[str] = []
     for sequence in sequences:
         folder = require_dir(src / sequence, f"knee sequence folder {sequence!r}")
         for patient in sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
                               key=lambda d: natural_key(d.name)):
             files = sorted(((int(m.group(1)), p) for p in patient.iterdir() if (m := pattern.match(p.name))))
-            if files:
-                jobs.append((f"{sequence}_{patient.name}", _knee_loader(f"{sequence}_{patient.name}", files, mat_key,
-                                                                        spacing_mm, opts)))
+            if not files:
+                warn_source(warnings, f"{patient}: holds no {file_prefix}<k>.mat slice, not a patient folder; ignored")
+                continue
+            gaps = sorted(set(range(files[0][0], files[-1][0] + 1)) - {k for k, _ in files})
+            if gaps:
+                raise InputError(f"{patient}: slice file(s) {', '.join(f'{file_prefix}{k}.mat' for k in gaps)} missing "
+                                 f"between {files[0][1].name} and {files[-1][1].name}; a volume with a gap is refused")
+            jobs.append((f"{sequence}_{patient.name}", _knee_loader(f"{sequence}_{patient.name}", files, mat_key,
+                                                                    spacing_mm, opts)))
     if not jobs:
         raise ValueError(f"{src}: no <sequence>/<patient>/{file_prefix}<k>.mat file for sequences {list(sequences)}")
     write_converted(out_path, jobs, converter=convert_knee_mat, src_dir=src,
                     options={**opts.as_dict(), "sequences": list(sequences), "mat_key": mat_key,
                              "file_prefix": file_prefix, "spacing_mm": [float(s) for s in spacing_mm]},
-                    channel_names=["magnitude"], label_names={"0": "background"}, dataset=dataset)
+                    channel_names=["magnitude"], label_names={"0": "background"}, dataset=dataset,
+                    provenance_extra={"source_warnings": warnings})
 
 
 def _knee_loader(case_id: str, files: list[tuple[int, Path]], key: str, spacing_mm: Sequence[float],
@@ -120,9 +133,9 @@ def _knee_loader(case_id: str, files: list[tuple[int, Path]], key: str, spacing_
         for _, path in files:
             arr = read_mat_array(path, key)
             if arr.ndim != 2:
-                raise ValueError(f"{path}: {key!r} must be a 2-D image, got shape {arr.shape}")
+                raise InputError(f"{path}: {key!r} must be a 2-D image, got shape {arr.shape}")
             if slices and arr.shape != slices[0].shape:
-                raise ValueError(f"{path}: {key!r} has shape {arr.shape}, other slices of {case_id} {slices[0].shape}")
+                raise InputError(f"{path}: {key!r} has shape {arr.shape}, other slices of {case_id} {slices[0].shape}")
             slices.append(np.abs(arr).astype(np.float32))
         volume = np.stack(slices, axis=2)
         affine = np.diag([float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2]), 1.0])
