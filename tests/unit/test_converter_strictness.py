@@ -576,3 +576,29 @@ def test_knee_folder_without_slices_is_warned_and_recorded(knee):
     _convert_knee(src, out)()
     assert source_warnings(out) == [f"{src / 'coronal_pd/masks'}: holds no espirit<k>.mat slice, not a patient "
                                     "folder; ignored"]
+
+
+# ------------------------------------------------------------------------------------------ MSD (the reference)
+
+
+@pytest.fixture
+def msd_set(tmp_path):
+    from test_convert_hardening import _case, _write
+
+    return _write(tmp_path / "msd", {"a": _case(), "b": _case()}), tmp_path / "msd.h5"
+
+
+def test_msd_listed_file_missing_is_refused(msd_set):
+    src, out = msd_set
+    (src / "labelsTr/b.nii.gz").unlink()
+    refused(lambda: msd.convert_msd(src, out, size=(6, 6)), out, src / "labelsTr/b.nii.gz",
+            "listed in", "but missing", error=MissingCaseFile)
+
+
+def test_msd_label_value_not_in_dataset_json_is_refused(msd_set):
+    src, out = msd_set
+    label = np.zeros((6, 6, 4), np.uint8)
+    label[0, 0, 0] = 3
+    path = save_nii(src / "labelsTr/b.nii.gz", label)
+    refused(lambda: msd.convert_msd(src, out, size=(6, 6)), out, path,
+            "label values [3] are not listed in dataset.json 'labels' [0, 1] (values found: [0, 3])")

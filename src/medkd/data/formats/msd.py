@@ -23,6 +23,7 @@ import nibabel as nib
 
 from medkd.data.convert import (
     CaseLoader,
+    MissingCaseFile,
     SliceOptions,
     load_label_on_grid,
     slice_options,
@@ -105,7 +106,8 @@ def read_msd_cases(src_dir: str | Path) -> list[tuple[str, Path, Path | None]]:
         ``src_dir / entry`` (the ``./`` prefix of MSD entries is dropped by path joining).
 
     Raises:
-        FileNotFoundError: dataset.json or a listed file is missing (message names it).
+        FileNotFoundError: dataset.json is missing; MissingCaseFile (an InputError and a FileNotFoundError): a
+            listed file is missing (message names it).
         PathOutsideDataset: a listed path is absolute or leaves ``src_dir`` (``..``, a symlink pointing out).
         ValueError: malformed entries or duplicate case ids.
     """
@@ -121,7 +123,7 @@ def read_msd_cases(src_dir: str | Path) -> list[tuple[str, Path, Path | None]]:
                  if isinstance(entry.get("label"), str) else None)
         for p in (image, label):
             if p is not None and not p.is_file():
-                raise FileNotFoundError(f"{p}: listed in {src_dir / 'dataset.json'} but missing")
+                raise MissingCaseFile(f"{p}: listed in {src_dir / 'dataset.json'} but missing")
         cid = case_id_of(image)
         if cid in seen:
             raise ValueError(f"{src_dir / 'dataset.json'}: duplicate case id {cid!r}")
