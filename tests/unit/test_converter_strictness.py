@@ -602,3 +602,18 @@ def test_msd_label_value_not_in_dataset_json_is_refused(msd_set):
     path = save_nii(src / "labelsTr/b.nii.gz", label)
     refused(lambda: msd.convert_msd(src, out, size=(6, 6)), out, path,
             "label values [3] are not listed in dataset.json 'labels' [0, 1] (values found: [0, 3])")
+
+
+def test_every_row_of_the_docs_table_names_a_test_of_this_file():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "datasets.md").read_text()
+    table = text.split("### What each converter refuses", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named = [row.rstrip(" |").rsplit("`", 2)[-2] for row in rows]
+    assert len(named) == len(rows) > 40
+    missing = [n for n in named if not callable(globals().get(n))]
+    assert not missing, missing
+    untabled = sorted(n for n in globals() if n.startswith("test_") and n not in named
+                      and n != "test_every_row_of_the_docs_table_names_a_test_of_this_file")
+    assert not untabled, untabled
