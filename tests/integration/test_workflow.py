@@ -15,6 +15,35 @@ pytestmark = __import__("pytest").mark.slow
 
 
 
+def test_local_run_without_gpu_runs_network_jobs_side_by_side(tmp_path):
+    """A local run with device auto on a machine without a GPU asks for no GPU, so the profile's gpu=1 limit
+    cannot run the network jobs one at a time. It did: the resources were sized while the Snakefile was read,
+    before Snakemake had chosen its executor, so every train/cache/infer/robustness job asked for gpu=1 and
+    `make reproduce` used one core of two."""
+    import re
+
+    import pytest
+
+    from medkd.resources import visible_gpus
+    from wfhelpers import copy_repo
+
+    if visible_gpus():
+        pytest.skip("this machine shows a GPU")
+    wd = copy_repo(tmp_path / "repo")
+    targets = [f"results/tiny/models/{m}/seed0/summary.json" for m in ("teacher", "student")]
+    proc = snakemake(["--cores", "2", *targets, "--configfile", "tests/integration/tiny.yaml", "--config",
+                      "device=auto"], wd)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    blocks = re.split(r"\n(?:local)?rule ", proc.stderr)[1:]
+    train = [b for b in blocks if b.startswith("train:")]
+    assert len(train) == 2, [b[:40] for b in blocks]
+    for b in train:
+        (resources,) = [line for line in b.splitlines() if line.strip().startswith("resources:")]
+        assert "gpu=0" in resources, resources
+    # the two training jobs were started together (with gpu=1 each, Snakemake starts one, then the other)
+    assert re.search(r"Execute 2 jobs\.\.\.\n(?:.*\n){0,2}\s*localrule train:", proc.stderr), proc.stderr[-3000:]
+
+
 def test_tables_and_tracking(tiny_workflow):
     wd = tiny_workflow
     table = pd.read_csv(wd / "results/tables/all.csv")

@@ -289,14 +289,19 @@ def train_extra_args(wildcards):
     return " ".join(args)
 
 
-# GPUs of this machine for a run of the local executor (none: device auto trains on the CPU and asks for no
-# GPU); None otherwise: jobs that go to a cluster, whose nodes are not this machine, and dry runs, which show
-# what a cluster would be asked for.
-LOCAL_GPUS = (
-    _resources.visible_gpus()
-    if getattr(workflow.executor_plugin, "name", None) == "local"
-    else None
-)
+def _local_run():
+    """True when the local executor runs the jobs. Snakemake chooses the executor after it has read the
+    Snakefile (workflow.executor_plugin is None while these lines run), so this is asked in resource
+    functions, which Snakemake calls when it creates the jobs of the run."""
+    return getattr(workflow.executor_plugin, "name", None) == "local"
+
+
+def _local_gpus():
+    """GPUs of this machine for a run of the local executor (none: device auto trains on the CPU and asks for
+    no GPU, so the profile's gpu=1 limit does not run the network jobs one at a time); None otherwise: jobs
+    that go to a cluster, whose nodes are not this machine, and dry runs, which show what a cluster would be
+    asked for."""
+    return _resources.visible_gpus() if _local_run() else None
 
 
 def _measured_sizes():
@@ -310,10 +315,9 @@ def _measured_sizes():
 
 def _site_partitions():
     """The site's partitions (config `partition_file`, which a site profile states in its `config:`, else the
-    SLURM plugin's SNAKEMAKE_SLURM_PARTITIONS): requests are bounded by them. None for a run of the local
-    executor (this machine is not a partition)."""
-    if getattr(workflow.executor_plugin, "name", None) == "local":
-        return None
+    SLURM plugin's SNAKEMAKE_SLURM_PARTITIONS): requests are bounded by them. Read (and checked) while the
+    Snakefile is read; a run of the local executor does not apply them (this machine is not a partition: see
+    job_resources)."""
     path = CFG.get("partition_file") or os.environ.get("SNAKEMAKE_SLURM_PARTITIONS")
     if not path:
         return None
@@ -394,7 +398,7 @@ def job_resources(rule_name):
             attempt,
             fingerprint=fp,
             measured=MEASURED,
-            partitions=PARTITIONS,
+            partitions=None if _local_run() else PARTITIONS,
             dataset_size=(
                 _dataset_size(exp_dataset(exp))
                 if exp and rule_name == "train"
@@ -412,9 +416,12 @@ def job_resources(rule_name):
     def runtime(wildcards, input, attempt, threads):
         return size(wildcards, input, attempt, threads, need_memory=False).runtime
 
+    def gpu(wildcards):
+        return _resources.gpu(CFG, rule_name, _local_gpus())
+
     out = {"mem_mb": mem_mb, "runtime": runtime}
     if rule_name in _resources.NETWORK_RULES:
-        out["gpu"] = _resources.gpu(CFG, rule_name, LOCAL_GPUS)
+        out["gpu"] = gpu
     return out
 
 
