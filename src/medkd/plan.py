@@ -258,14 +258,21 @@ def size_jobs(plan: "Plan", cfg: Mapping, measured: Mapping | None, partitions: 
 
 def calibrate(root: str | Path) -> tuple[float, int]:
     """Sustained TFLOP/s of finished training runs under ``root``: the FLOPs of their training epochs
-    (3 x forward FLOPs per slice x slices x epochs) over their ``train_seconds``; and the number of runs."""
+    (3 x forward FLOPs per slice x slices per epoch x epochs; slices per epoch at most ``max_steps`` x batch size
+    when the run's config.json sets ``max_steps``) over their ``train_seconds``; and the number of runs."""
     flops = seconds = 0.0
     n = 0
     for path in Path(root).rglob("summary.json"):
         s = json.loads(path.read_text())
         if not s.get("epochs") or not s.get("train_seconds") or not s.get("flops_per_slice"):
             continue
-        flops += 3.0 * s["flops_per_slice"] * s["train_slices"] * s["epochs"]
+        per_epoch = s["train_slices"]
+        config = path.with_name("config.json")
+        if config.is_file():
+            train = json.loads(config.read_text()).get("spec", {}).get("train", {})
+            if train.get("max_steps"):
+                per_epoch = min(per_epoch, train["max_steps"] * train["batch_size"])
+        flops += 3.0 * s["flops_per_slice"] * per_epoch * s["epochs"]
         seconds += s["train_seconds"]
         n += 1
     if not n or seconds <= 0:
@@ -312,8 +319,9 @@ def make_plan(cfg: Mapping, config_name: str = "config", results: str | Path = "
             n_tr = size.slices * split_fraction(e, spec.train.subset, size.cases)
             n_val = size.slices * split_fraction(e, spec.train.val_split, size.cases)
             epochs = spec.train.epochs
-            if epochs:
-                job = epochs * (n_tr * (3 * f + f_online) + n_val * (f + f_online))
+            if epochs:  # slices per epoch: all, or max_steps batches (an epoch is then a round of them)
+                n_ep = min(n_tr, spec.train.max_steps * spec.train.batch_size) if spec.train.max_steps else n_tr
+                job = epochs * (n_ep * (3 * f + f_online) + n_val * (f + f_online))
             else:  # a baseline: scored once on validation
                 job = n_val * f
             hours = job / (tflops * 1e12) / 3600 + overhead_min / 60

@@ -239,14 +239,17 @@ def split_fraction(exp: Mapping, split: str, n_cases: float) -> float:
 def train_minutes(m: Measured, train: Mapping, exp_cfg: Mapping, cases: float, slices: float,
                   speedup: float, startup_min: float) -> float:
     """Minutes one training job needs, from its measured step time (before the margin): optimisation steps
-    (train slices / batch size per epoch) x epochs, plus one validation pass per epoch (forward only: 1/3 of a
-    step per batch), divided by the GPU speed-up, plus the start-up. An epoch-less model (a baseline) is scored
-    once on validation."""
+    (train slices / batch size per epoch, at most ``max_steps`` when set: an epoch is then a round of that many
+    steps) x epochs, plus one validation pass per epoch (forward only: 1/3 of a step per batch), divided by the
+    GPU speed-up, plus the start-up. An epoch-less model (a baseline) is scored once on validation."""
     bs = m.batch_size or int(train.get("batch_size", 1))
     n_tr = slices * split_fraction(exp_cfg, train.get("subset", "train"), cases)
     n_val = slices * split_fraction(exp_cfg, train.get("val_split", "val"), cases)
     epochs = int(train.get("epochs", 0))
-    steps = epochs * math.ceil(n_tr / bs) + max(1, epochs) * math.ceil(n_val / bs) / 3.0
+    per_epoch = math.ceil(n_tr / bs)
+    if train.get("max_steps"):
+        per_epoch = min(per_epoch, int(train["max_steps"]))
+    steps = epochs * per_epoch + max(1, epochs) * math.ceil(n_val / bs) / 3.0
     return steps * float(m.step_s) / speedup / 60.0 + startup_min
 
 

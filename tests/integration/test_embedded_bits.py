@@ -56,7 +56,7 @@ def reference(tmp_path_factory):
 
 def test_default_kernels_write_what_data_dvc_records(reference):
     committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
-    assert len(reference) == committed["nfiles"] == 81
+    assert len(reference) == committed["nfiles"] == 113  # 56 cases x (image, label) + dataset.json
     assert _dvc_dir_md5(reference, "embedded") + ".dir" == committed["md5"]
 
 

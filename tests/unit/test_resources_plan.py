@@ -102,6 +102,24 @@ def test_plan_text_and_calibration(tmp_path):
     (run / "summary.json").write_text(json.dumps({"epochs": 2, "train_seconds": 4.0, "flops_per_slice": 1e12,
                                                   "train_slices": 10}))
     assert planmod.calibrate(tmp_path / "results") == (pytest.approx(15.0), 1)
+    # an epoch of at most max_steps batches (a validation round) counts those slices only: 2 x 4 of 10
+    (run / "config.json").write_text(json.dumps({"spec": {"train": {"max_steps": 2, "batch_size": 4}}}))
+    assert planmod.calibrate(tmp_path / "results") == (pytest.approx(12.0), 1)
+    rounds = _cfg(device="auto")
+    rounds["experiments"]["tiny"]["models"]["teacher"]["train"]["max_steps"] = 1
+    full = next(r for r in planmod.make_plan(cfg, results=tmp_path, tflops=1.0).train if r.model == "teacher")
+    short = next(r for r in planmod.make_plan(rounds, results=tmp_path, tflops=1.0).train if r.model == "teacher")
+    assert short.train_slices == full.train_slices and short.pflop_job < full.pflop_job
+
+
+def test_training_runtime_counts_max_steps_per_epoch():
+    m = resources.Measured(wall_s=0, peak_rss_mb=0, steps=0, step_s=1.0, slices=0, batch_size=None, device="cpu")
+    exp_cfg = {"split": {"fractions": {"train": 0.5, "val": 0.5, "test": 0.0}}}
+    # 100 slices: 50 train at batch 10 = 5 steps per epoch, 50 val = 5 batches at 1/3 of a step per epoch
+    full = resources.train_minutes(m, {"epochs": 6, "batch_size": 10}, exp_cfg, 10, 100, 1.0, 0.0)
+    assert full == pytest.approx((6 * 5 + 6 * 5 / 3) / 60)
+    rounds = resources.train_minutes(m, {"epochs": 6, "batch_size": 10, "max_steps": 2}, exp_cfg, 10, 100, 1.0, 0.0)
+    assert rounds == pytest.approx((6 * 2 + 6 * 5 / 3) / 60)
 
 
 def test_local_gpu_request_follows_the_machine(tmp_path):
