@@ -83,8 +83,10 @@ def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path]
     key = "val_dice" if task == "segmentation" else "val_mse"
     curves: dict[str, list[list[float]]] = {}
     missing = []
+    rounds = False  # some model validates every max_steps updates instead of every epoch
     for d in model_dirs:
         cfg = read_json(Path(d) / "config.json")
+        rounds = rounds or bool(cfg["spec"].get("train", {}).get("max_steps"))
         hist = read_jsonl(Path(d) / "epochs.jsonl")
         model = cfg["spec"]["model"]
         if not hist or any(h.get(key) is None for h in hist):
@@ -101,7 +103,7 @@ def plot_experiment(table: pd.DataFrame, task: str, model_dirs: list[str | Path]
         if len(seeds) > 1:
             ax.fill_between(epochs, arr.min(axis=0), arr.max(axis=0), color=colour, alpha=0.15, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch, or validation round of max_steps updates where the model sets it" if rounds else "epoch")
     ax.set_ylabel(key)
     ax.set_title(f"{title}: validation (mean over seeds, band: lowest to highest seed)", fontsize="small")
     if curves:

@@ -184,3 +184,54 @@ def test_images_are_stored_on_the_2_to_the_minus_12_grid(two_runs):
     image = np.asarray(nib.load(two_runs[0] / "imagesTr/emb_000.nii.gz").dataobj)
     assert image.dtype == np.float32 and image.max() > 0.5
     assert np.all(image * 4096 == np.round(image * 4096))
+
+
+def test_generator_workers_die_with_their_killed_job(tmp_path):
+    """A generator job killed with SIGKILL takes its pool's workers with it (they used to wait forever on their
+    queue: the fault gauntlet found two left by a killed fetch job)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from medkd.data import embedded\n"
+        "def slow(i):\n"
+        "    time.sleep(60)\n"
+        "with embedded._case_pool(2, ({}, None, 1.0, 0, False)) as pmap:\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    list(pmap(slow, range(2)))\n"
+    )
+    job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+
+    def children(pid: int) -> set[int]:
+        out = set()
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    stat = open(f"/proc/{d}/stat").read()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(d))
+        return out
+
+    pid = int(job.stdout.readline())
+    deadline = time.monotonic() + 20
+    while len(workers := children(pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2, workers
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    def running(w: int) -> bool:  # a zombie (state Z) has died; only its parent's reaping is left
+        try:
+            return open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    while (alive := {w for w in workers if running(w)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"workers {alive} outlived their killed job"

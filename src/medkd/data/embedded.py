@@ -65,6 +65,8 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -381,7 +383,9 @@ _WORKER: dict = {}
 
 
 def _init_worker(template: dict[str, np.ndarray], affine: np.ndarray, res: float, seed: int, lesion: bool,
-                 blas_threads: int | None = None) -> None:
+                 blas_threads: int | None = None, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     if blas_threads is not None:  # a worker process: one BLAS thread each, the workers share the CPUs
         from threadpoolctl import threadpool_limits
 
@@ -472,8 +476,29 @@ def _case_pool(workers: int, init: tuple):
         return
     ctx = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(*init, 1)) as executor:
+                                                initargs=(*init, 1, os.getpid())) as executor:
         yield executor.map
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have Linux SIGKILL this worker when the job that forked it dies (prctl(2) ``PR_SET_PDEATHSIG``), and exit
+    at once if it is already gone (its pid is no longer our parent's).
+
+    A job killed with SIGKILL (a cluster's time limit, a user's ``kill -9``) cannot stop its pool; the workers
+    wait on a queue whose other end they hold themselves, so without this they would outlive it for good (the
+    fault gauntlet's killed ``fetch`` job left two). The signal follows the thread that forked the worker:
+    ProcessPoolExecutor forks its workers from the thread that first submits, here the job's main thread.
+    Elsewhere than Linux only the exit check is done."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _is_up_to_date(out_dir: Path, text: str) -> bool:
