@@ -107,6 +107,22 @@ def test_rerun_is_a_no_op_and_new_parameters_replace(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]  # no temp or old directory left
 
 
+def test_regenerates_after_snakemake_removed_dataset_json(tmp_path):
+    """When the generator's code changes, Snakemake deletes the fetch rule's output (dataset.json) before it runs
+    the job again; the generated cases left beside it are still an embedded dataset to replace (this used to stop
+    with "is not an embedded dataset"). A foreign file among them is still refused."""
+    target = tmp_path / "emb"
+    generate_embedded(target, **PARAMS)
+    (target / "dataset.json").unlink()
+    generate_embedded(target, **PARAMS)
+    assert (target / "dataset.json").is_file() and "imagesTr/emb_000.nii.gz" in _files(target)
+    (target / "dataset.json").unlink()
+    (target / "imagesTr" / "mine.nii.gz").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="not an embedded dataset"):
+        generate_embedded(target, **PARAMS)
+    assert (target / "imagesTr" / "mine.nii.gz").read_bytes() == b"x"
+
+
 def test_refuses_to_replace_a_foreign_directory(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -64,6 +64,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import sys
@@ -510,7 +511,14 @@ def _is_up_to_date(out_dir: Path, text: str) -> bool:
     return all((out_dir / entry[key]).is_file() for entry in entries for key in ("image", "label"))
 
 
+_CASE_FILE = re.compile(r"emb_\d{3,}\.nii\.gz")
+
+
 def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a non-empty ``out_dir`` unless it is an embedded dataset: its ``dataset.json`` says so,
+    or it holds nothing but ``imagesTr/`` and ``labelsTr/`` of generated case files (``emb_<n>.nii.gz``).
+    The second is what Snakemake leaves when the generator's code changed: it deletes the rule's output,
+    ``dataset.json``, before it runs the job again."""
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -521,7 +529,10 @@ def _check_replaceable(out_dir: Path) -> None:
     try:
         is_embedded = json.loads(meta.read_text()).get("name") == "embedded"
     except (OSError, ValueError, AttributeError):
-        is_embedded = False
+        is_embedded = not meta.exists() and all(
+            entry.name in ("imagesTr", "labelsTr") and entry.is_dir()
+            and all(f.is_file() and _CASE_FILE.fullmatch(f.name) for f in entry.iterdir())
+            for entry in out_dir.iterdir())
     if not is_embedded:
         raise FileExistsError(f"{out_dir}: exists, is not empty and is not an embedded dataset; "
                               "refusing to replace it")
