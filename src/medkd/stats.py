@@ -329,6 +329,12 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
 
 
+def _p_clause(name: str, p: float) -> str:
+    """``p = 0.21``, or ``p < 0.001`` (not ``p = < 0.001``)."""
+    text = format_p(p)
+    return f"{name} {text}" if text.startswith("<") else f"{name} = {text}"
+
+
 def format_diff(diff: float, low: float, high: float, p: float, p_holm: float, metric: str, note: str = "") -> str:
     """``+0.012 [-0.004, 0.029], p = 0.21, p_holm = 0.63`` (2 decimals for HD95/PSNR, 3 otherwise)."""
     if diff is None or math.isnan(diff):
@@ -338,7 +344,7 @@ def format_diff(diff: float, low: float, high: float, p: float, p_holm: float, m
     if low is not None and not math.isnan(low):
         text += f" [{low:.{d}f}, {high:.{d}f}]"
     if p is not None and not math.isnan(p):
-        text += f", p = {format_p(p)}, p_holm = {format_p(p_holm)}"
+        text += f", {_p_clause('p', p)}, {_p_clause('p_holm', p_holm)}"
     elif note:
         text += f" ({note})"
     return text

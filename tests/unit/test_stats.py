@@ -206,6 +206,6 @@ def test_compare_experiment_kinds_holm_and_pooled_conventions_skipped():
 
 def test_format_diff():
     assert format_diff(0.0123, -0.0041, 0.0289, 0.2134, 0.6311, "dice") == "+0.012 [-0.004, 0.029], p = 0.21, p_holm = 0.63"
-    assert format_diff(-1.234, -2.5, 0.1, 0.0004, 0.002, "psnr") == "-1.23 [-2.50, 0.10], p = < 0.001, p_holm = 0.002"
+    assert format_diff(-1.234, -2.5, 0.1, 0.0004, 0.002, "psnr") == "-1.23 [-2.50, 0.10], p < 0.001, p_holm = 0.002"
     assert format_diff(0.2, math.nan, math.nan, math.nan, math.nan, "dice", "fewer than 2 paired cases (n = 1): no CI "
                        "or p-value") == "+0.200 (fewer than 2 paired cases (n = 1): no CI or p-value)"
